@@ -1,0 +1,94 @@
+"""Run a plan's actions through the netlink backend, undoing what succeeded on failure.
+
+As in pyroute2's commit/rollback: an undo is recorded only after its step succeeded,
+undone in reverse order, and undo failures are reported beside the failure itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from .actions import (
+    Action,
+    AddAddress,
+    CreateBridge,
+    CreateMacvtap,
+    CreateShim,
+    CreateTap,
+    DelAddress,
+    DeleteLink,
+    MoveRoute,
+    SetDown,
+    SetMaster,
+    SetUp,
+)
+from .errors import ApplyError, KvmhooksError
+
+log = logging.getLogger("kvmhooks")
+
+
+# EL9's Python is 3.9: a table rather than a match statement.
+_RUNNERS = {
+    CreateBridge: lambda a, b: b.create_bridge(a.name, a.mac, a.mark),
+    CreateTap: lambda a, b: b.create_tap(a.name, a.mac, a.bridge, a.mark),
+    CreateMacvtap: lambda a, b: b.create_macvtap(a.name, a.parent, a.mode, a.mac, a.mark),
+    CreateShim: lambda a, b: b.create_shim(a.name, a.parent, a.address, a.mark),
+    SetUp: lambda a, b: b.set_state(a.name, True),
+    SetDown: lambda a, b: b.set_state(a.name, False),
+    SetMaster: lambda a, b: b.set_master(a.name, a.master),
+    AddAddress: lambda a, b: b.add_address(a.name, a.address),
+    DelAddress: lambda a, b: b.del_address(a.name, a.address),
+    MoveRoute: lambda a, b: b.move_route(a.route, a.target),
+    DeleteLink: lambda a, b: b.delete_link(a.name),
+}
+
+
+def run_action(action: Action, backend) -> None:
+    _RUNNERS[type(action)](action, backend)
+
+
+def apply(actions: Iterable[Action], backend, context: str) -> list[Action]:
+    """Run every action; on the first failure undo the ones done and raise ApplyError.
+
+    context names the domain and the call, for the log. Returns the actions done.
+    """
+    done: list[Action] = []
+    for action in actions:
+        try:
+            run_action(action, backend)
+        except KvmhooksError as error:
+            undo_failures = undo(done, backend, context)
+            log.error("%s: %s failed: %s", context, action.describe(), error)
+            raise ApplyError(action.describe(), str(error), tuple(undo_failures)) from None
+        log.info("%s: %s", context, action.describe())
+        done.append(action)
+    return done
+
+
+def undo(done: list[Action], backend, context: str) -> list[str]:
+    failures = []
+    for action in reversed(done):
+        reverse = action.undo()
+        if reverse is None:
+            failures.append(f"{action.describe()} (cannot be undone)")
+            continue
+        try:
+            run_action(reverse, backend)
+            log.info("%s: undo: %s", context, reverse.describe())
+        except KvmhooksError as error:
+            failures.append(f"{reverse.describe()}: {error}")
+    return failures
+
+
+def apply_best_effort(actions: Iterable[Action], backend, context: str) -> list[str]:
+    """Run every action, going on past failures (release must never fail)."""
+    failures = []
+    for action in actions:
+        try:
+            run_action(action, backend)
+            log.info("%s: %s", context, action.describe())
+        except KvmhooksError as error:
+            log.warning("%s: %s failed: %s", context, action.describe(), error)
+            failures.append(f"{action.describe()}: {error}")
+    return failures

@@ -1,0 +1,229 @@
+"""Host config: TOML text -> frozen Config (pure); reading the file is one thin function.
+
+Every error names the file, the key and, where it can be found, the line.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+import os
+import re
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from .errors import ConfigError
+from .names import IFNAMSIZ_MAX, ifname_problem, normalize_mac, shim_name
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
+
+DEFAULT_PATH = "/etc/kvmhooks/kvmhooks.toml"
+DEFAULT_STATE_DIR = "/run/kvmhooks"
+
+_UPLINK_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+_NETWORK_NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
+_UPLINK_KEYS = {"nic", "mac", "path", "bridge", "host_address", "domains"}
+_NETWORK_KEYS = {"uplink"}
+_TOML_LINE = re.compile(r"at line (\d+)")
+
+
+@dataclass(frozen=True)
+class Uplink:
+    name: str
+    nic: str | None = None
+    mac: str | None = None
+    path: str | None = None
+    bridge: str | None = None
+    host_address: ipaddress.IPv4Interface | ipaddress.IPv6Interface | None = None
+    domains: tuple[str, ...] | None = None
+
+    @property
+    def shim(self) -> str:
+        return shim_name(self.name)
+
+    def selector(self) -> str:
+        """How this uplink names its NIC, for messages."""
+        if self.nic:
+            return f"nic = \"{self.nic}\""
+        if self.mac:
+            return f"mac = \"{self.mac}\""
+        return f"path = \"{self.path}\""
+
+    def allows(self, domain: str) -> bool:
+        if self.domains is None:
+            return True
+        return any(fnmatch.fnmatchcase(domain, pattern) for pattern in self.domains)
+
+
+@dataclass(frozen=True)
+class NetworkEntry:
+    name: str
+    uplink: str
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str
+    uplinks: Mapping[str, Uplink]
+    networks: Mapping[str, NetworkEntry]
+
+
+def config_path() -> str:
+    return os.environ.get("KVMHOOKS_CONFIG", DEFAULT_PATH)
+
+
+def state_dir() -> str:
+    return os.environ.get("KVMHOOKS_STATE_DIR", DEFAULT_STATE_DIR)
+
+
+def load(path: str | None = None) -> Config:
+    """Read and parse the host config (the only I/O in this module)."""
+    path = path or config_path()
+    try:
+        with open(path, "rb") as stream:
+            data = stream.read()
+    except FileNotFoundError:
+        raise ConfigError(path, "config file not found") from None
+    except OSError as error:
+        raise ConfigError(path, f"cannot read config: {error.strerror}") from None
+    return parse(data, path)
+
+
+def parse(data: bytes, path: str) -> Config:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(path, f"not UTF-8 text (byte {error.start})") from None
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        match = _TOML_LINE.search(str(error))
+        line = int(match.group(1)) if match else None
+        raise ConfigError(path, f"TOML syntax error: {error}", line=line) from None
+    return _Parser(path, text).config(document)
+
+
+class _Parser:
+    def __init__(self, path: str, text: str):
+        self.path = path
+        self.lines = text.splitlines()
+
+    def error(self, table: str, key: str | None, message: str) -> ConfigError:
+        dotted = f"{table}.{key}" if key else table
+        return ConfigError(self.path, message, key=dotted, line=self.line_of(table, key))
+
+    def line_of(self, table: str, key: str | None) -> int | None:
+        """Best-effort line of `key` inside `[table]` (or of the table header)."""
+        header = re.compile(r"^\s*\[\s*" + r"\s*\.\s*".join(
+            r'"?' + re.escape(part) + r'"?' for part in table.split(".")) + r"\s*\]")
+        start = next((i for i, line in enumerate(self.lines) if header.match(line)), None)
+        if start is None:
+            return None
+        if key is None:
+            return start + 1
+        key_line = re.compile(r'^\s*"?' + re.escape(key) + r'"?\s*=')
+        for i in range(start + 1, len(self.lines)):
+            if self.lines[i].lstrip().startswith("["):
+                break
+            if key_line.match(self.lines[i]):
+                return i + 1
+        return start + 1
+
+    def config(self, document: dict) -> Config:
+        unknown = set(document) - {"uplink", "network"}
+        for key in sorted(unknown):
+            raise ConfigError(self.path, "unknown table (expected [uplink.NAME] or "
+                              "[network.NAME])", key=key, line=self.line_of(key, None))
+        uplinks = {name: self.uplink(name, body)
+                   for name, body in self.tables(document, "uplink").items()}
+        networks = {name: self.network(name, body, uplinks)
+                    for name, body in self.tables(document, "network").items()}
+        bridges: dict[str, str] = {}
+        for uplink in uplinks.values():
+            if uplink.bridge and uplink.bridge in bridges:
+                raise self.error(f"uplink.{uplink.name}", "bridge",
+                                 f"bridge '{uplink.bridge}' is already the bridge of "
+                                 f"uplink '{bridges[uplink.bridge]}'")
+            if uplink.bridge:
+                bridges[uplink.bridge] = uplink.name
+        return Config(self.path, MappingProxyType(uplinks), MappingProxyType(networks))
+
+    def tables(self, document: dict, kind: str) -> dict:
+        tables = document.get(kind, {})
+        if not isinstance(tables, dict):
+            raise ConfigError(self.path, f"must be tables [{kind}.NAME]", key=kind)
+        for name, body in tables.items():
+            pattern = _UPLINK_NAME if kind == "uplink" else _NETWORK_NAME
+            if not pattern.match(name):
+                raise self.error(f"{kind}.{name}", None, "name may hold only letters, "
+                                 "digits, '-' and '_'")
+            if not isinstance(body, dict):
+                raise self.error(f"{kind}.{name}", None, "must be a table")
+        return tables
+
+    def uplink(self, name: str, body: dict) -> Uplink:
+        table = f"uplink.{name}"
+        if len(shim_name(name)) > IFNAMSIZ_MAX:
+            raise self.error(table, None, f"uplink name is over {IFNAMSIZ_MAX - 3} characters "
+                             f"(its shim is named '{shim_name(name)}')")
+        for key in sorted(set(body) - _UPLINK_KEYS):
+            raise self.error(table, key, "unknown key (expected one of: "
+                             + ", ".join(sorted(_UPLINK_KEYS)) + ")")
+        selectors = [key for key in ("nic", "mac", "path") if key in body]
+        if len(selectors) != 1:
+            raise self.error(table, selectors[1] if len(selectors) > 1 else None,
+                             "needs exactly one of nic, mac or path")
+        values = {key: self.string(table, key, body[key])
+                  for key in ("nic", "mac", "path", "bridge") if key in body}
+        for key in ("nic", "bridge"):
+            if key in values and (problem := ifname_problem(values[key])):
+                raise self.error(table, key, problem)
+        if "mac" in values:
+            mac = normalize_mac(values["mac"])
+            if mac is None:
+                raise self.error(table, "mac", f"'{values['mac']}' is not a MAC address")
+            values["mac"] = mac
+        if values.get("bridge") and values.get("nic") == values["bridge"]:
+            raise self.error(table, "bridge", "the bridge cannot be the NIC itself")
+        host_address = None
+        if "host_address" in body:
+            text = self.string(table, "host_address", body["host_address"])
+            if "/" not in text:
+                raise self.error(table, "host_address", f"'{text}' needs a prefix length "
+                                 "(for example 192.0.2.10/24)")
+            try:
+                host_address = ipaddress.ip_interface(text)
+            except ValueError:
+                raise self.error(table, "host_address",
+                                 f"'{text}' is not an address with prefix") from None
+        domains = None
+        if "domains" in body:
+            domains = body["domains"]
+            if not isinstance(domains, list) or not all(isinstance(d, str) and d
+                                                        for d in domains):
+                raise self.error(table, "domains", "must be a list of domain name patterns")
+            domains = tuple(domains)
+        return Uplink(name=name, nic=values.get("nic"), mac=values.get("mac"),
+                      path=values.get("path"), bridge=values.get("bridge"),
+                      host_address=host_address, domains=domains)
+
+    def network(self, name: str, body: dict, uplinks: dict) -> NetworkEntry:
+        table = f"network.{name}"
+        for key in sorted(set(body) - _NETWORK_KEYS):
+            raise self.error(table, key, "unknown key (expected: uplink)")
+        if "uplink" not in body:
+            raise self.error(table, None, "needs uplink")
+        uplink = self.string(table, "uplink", body["uplink"])
+        if uplink not in uplinks:
+            raise self.error(table, "uplink", f"no [uplink.{uplink}] in this config")
+        return NetworkEntry(name=name, uplink=uplink)
+
+    def string(self, table: str, key: str, value: object) -> str:
+        if not isinstance(value, str) or not value:
+            raise self.error(table, key, "must be a non-empty string")
+        return value

@@ -1,0 +1,218 @@
+"""Domain XML and kvmhooks metadata -> typed, validated intents (pure).
+
+The metadata (namespace urn:kvmhooks:net:1) says what each tagged interface attaches
+to; the <devices> interface with the same MAC says in which form (hook-owned
+type='ethernet', or native bridge/direct/network).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lxml import etree
+
+from .errors import MetadataError
+from .names import ifname_problem, normalize_mac
+from .xmlsafe import UnsafeXml, parse
+
+NAMESPACE = "urn:kvmhooks:net:1"
+KINDS = ("bridge", "direct", "network")
+DIRECT_MODES = ("bridge", "private", "vepa", "passthrough")
+DEFAULT_DIRECT_MODE = "bridge"
+_ATTRIBUTES = {
+    "bridge": {"mac", "type", "uplink"},
+    "direct": {"mac", "type", "uplink", "mode"},
+    "network": {"mac", "type", "network"},
+}
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """One metadata entry: what the interface with this MAC attaches to."""
+
+    mac: str
+    kind: str
+    uplink: str | None = None
+    mode: str | None = None
+    network: str | None = None
+
+
+@dataclass(frozen=True)
+class DeviceInterface:
+    """The parts of a <devices><interface> that kvmhooks reads."""
+
+    mac: str
+    type: str
+    target_dev: str | None = None
+    managed: str | None = None
+    source_bridge: str | None = None
+    source_dev: str | None = None
+    source_mode: str | None = None
+    source_network: str | None = None
+
+
+@dataclass(frozen=True)
+class TaggedInterface:
+    attachment: Attachment
+    device: DeviceInterface
+
+    @property
+    def mac(self) -> str:
+        return self.attachment.mac
+
+    @property
+    def hook_owned(self) -> bool:
+        return self.device.type == "ethernet"
+
+
+@dataclass(frozen=True)
+class Domain:
+    name: str
+    uuid: str
+    tagged: tuple[TaggedInterface, ...]
+
+
+def parse_domain(xml: bytes | str, name_hint: str = "?") -> Domain:
+    """Parse a whole domain XML; raises MetadataError with the domain's name."""
+    try:
+        root = parse(xml)
+    except UnsafeXml as error:
+        raise MetadataError(name_hint, str(error)) from None
+    return domain_from_tree(root, name_hint)
+
+
+def domain_from_tree(root: etree._Element, name_hint: str = "?") -> Domain:
+    if root.tag != "domain":
+        raise MetadataError(name_hint, f"root element is <{root.tag}>, not <domain>")
+    name = (root.findtext("name") or "").strip() or name_hint
+    uuid = (root.findtext("uuid") or "").strip()
+    attachments = parse_metadata(root, name)
+    devices = device_interfaces(root, name)
+    tagged = []
+    for attachment in attachments:
+        device = devices.get(attachment.mac)
+        if device is None:
+            raise MetadataError(name, "no <interface> in <devices> has this MAC",
+                                attachment.mac)
+        tagged.append(TaggedInterface(attachment, device))
+        check_form(name, tagged[-1])
+    return Domain(name=name, uuid=uuid, tagged=tuple(tagged))
+
+
+def metadata_elements(root: etree._Element) -> list[etree._Element]:
+    return root.findall(f"metadata/{{{NAMESPACE}}}net")
+
+
+def parse_metadata(root: etree._Element, domain: str) -> tuple[Attachment, ...]:
+    nets = metadata_elements(root)
+    if len(nets) > 1:
+        raise MetadataError(domain, f"more than one <net> element in namespace {NAMESPACE}")
+    if not nets:
+        return ()
+    net = nets[0]
+    _no_text(net, domain)
+    for key in net.attrib:
+        raise MetadataError(domain, f"unknown attribute '{_local(key)}' on <net>")
+    attachments: dict[str, Attachment] = {}
+    for child in net:
+        if not isinstance(child.tag, str):
+            continue  # comments and processing instructions
+        if child.tag != f"{{{NAMESPACE}}}interface":
+            raise MetadataError(domain, f"unknown element <{_local(child.tag)}> in kvmhooks "
+                                "metadata (expected <interface>)")
+        attachment = _attachment(child, domain)
+        if attachment.mac in attachments:
+            raise MetadataError(domain, "MAC listed twice in kvmhooks metadata",
+                                attachment.mac)
+        attachments[attachment.mac] = attachment
+    return tuple(attachments.values())
+
+
+def _attachment(element: etree._Element, domain: str) -> Attachment:
+    _no_text(element, domain)
+    if len([c for c in element if isinstance(c.tag, str)]):
+        raise MetadataError(domain, "<interface> in kvmhooks metadata takes no child elements")
+    raw_mac = element.get("mac")
+    if raw_mac is None:
+        raise MetadataError(domain, "kvmhooks <interface> without the required 'mac'")
+    mac = normalize_mac(raw_mac)
+    if mac is None:
+        raise MetadataError(domain, f"'{raw_mac}' is not a MAC address (attribute mac)")
+    kind = element.get("type")
+    if kind not in KINDS:
+        shown = "missing" if kind is None else f"'{kind}'"
+        raise MetadataError(domain, f"type is {shown}; expected one of {', '.join(KINDS)}",
+                            mac)
+    for key in element.attrib:
+        if key not in _ATTRIBUTES[kind]:
+            raise MetadataError(domain, f"unknown attribute '{_local(key)}' for type "
+                                f"'{kind}' (allowed: {', '.join(sorted(_ATTRIBUTES[kind]))})",
+                                mac)
+    uplink = element.get("uplink")
+    if kind in ("bridge", "direct") and not uplink:
+        raise MetadataError(domain, f"type '{kind}' needs uplink", mac)
+    mode = element.get("mode")
+    if kind == "direct":
+        mode = mode if mode is not None else DEFAULT_DIRECT_MODE
+        if mode not in DIRECT_MODES:
+            raise MetadataError(domain, f"mode '{mode}' is invalid; expected one of "
+                                f"{', '.join(DIRECT_MODES)}", mac)
+    network = element.get("network")
+    if kind == "network" and not network:
+        raise MetadataError(domain, "type 'network' needs network", mac)
+    return Attachment(mac=mac, kind=kind, uplink=uplink, mode=mode, network=network)
+
+
+def device_interfaces(root: etree._Element, domain: str) -> dict[str, DeviceInterface]:
+    found: dict[str, DeviceInterface] = {}
+    duplicates: set[str] = set()
+    for element in root.findall("devices/interface"):
+        mac_element = element.find("mac")
+        mac = normalize_mac(mac_element.get("address", "")) if mac_element is not None else None
+        if mac is None:
+            continue
+        if mac in found:
+            duplicates.add(mac)
+        source = element.find("source")
+        target = element.find("target")
+        found[mac] = DeviceInterface(
+            mac=mac,
+            type=element.get("type", ""),
+            target_dev=target.get("dev") if target is not None else None,
+            managed=target.get("managed") if target is not None else None,
+            source_bridge=source.get("bridge") if source is not None else None,
+            source_dev=source.get("dev") if source is not None else None,
+            source_mode=source.get("mode") if source is not None else None,
+            source_network=source.get("network") if source is not None else None,
+        )
+    for mac in sorted(duplicates):
+        raise MetadataError(domain, "more than one <interface> in <devices> has this MAC", mac)
+    return found
+
+
+def check_form(domain: str, tagged: TaggedInterface) -> None:
+    """The device interface is in a form kvmhooks supports for its attachment."""
+    device, kind = tagged.device, tagged.attachment.kind
+    if device.type == "ethernet":
+        if kind == "network":
+            raise MetadataError(domain, "type 'network' takes the native form "
+                                "<interface type='network'>", tagged.mac)
+        if not device.target_dev or device.managed != "no":
+            raise MetadataError(domain, "a hook-owned interface needs "
+                                "<target dev='NAME' managed='no'/>", tagged.mac)
+        if problem := ifname_problem(device.target_dev):
+            raise MetadataError(domain, f"target dev {problem}", tagged.mac)
+    elif device.type not in KINDS:
+        raise MetadataError(domain, f"<interface type='{device.type}'> cannot be tagged; "
+                            "use type 'ethernet' (hook-owned) or bridge, direct, network",
+                            tagged.mac)
+
+
+def _local(tag: str) -> str:
+    return etree.QName(tag).localname if tag.startswith("{") else tag
+
+
+def _no_text(element: etree._Element, domain: str) -> None:
+    texts = [element.text] + [child.tail for child in element]
+    if any(text and text.strip() for text in texts):
+        raise MetadataError(domain, f"unexpected text inside kvmhooks <{_local(element.tag)}>")

@@ -1,0 +1,110 @@
+"""The engine every trigger uses: parse, take the host lock, snapshot, plan, apply.
+
+Hooks, the udev handler and the command line are thin layers over these functions.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from lxml import etree
+
+from . import config as config_module
+from . import state
+from .apply import apply, apply_best_effort
+from .config import Config
+from .domain import Domain, domain_from_tree
+from .errors import MetadataError, SourceMismatch
+from .inventory import Inventory
+from .netlink import Netlink
+from .planner import (
+    Plan,
+    current_source,
+    plan_prepare,
+    plan_release,
+    plan_repair,
+    plan_sources,
+    source_difference,
+)
+from .rewrite import write_sources
+from .xmlsafe import UnsafeXml, parse, serialize
+
+log = logging.getLogger("kvmhooks")
+
+
+def read_domain(xml: bytes | str, name_hint: str = "?") -> tuple[etree._Element, Domain]:
+    try:
+        root = parse(xml)
+    except UnsafeXml as error:
+        raise MetadataError(name_hint, str(error)) from None
+    return root, domain_from_tree(root, name_hint)
+
+
+def scan(netlink: Netlink, config: Config) -> Inventory:
+    """Snapshot the host; udev is asked only when an uplink names its NIC by path."""
+    id_paths = None
+    if any(uplink.path for uplink in config.uplinks.values()):
+        from .udev import id_paths as udev_id_paths
+        id_paths = udev_id_paths()
+    return netlink.inventory(id_paths)
+
+
+def explain(domain: Domain, config: Config) -> Plan:
+    with Netlink() as netlink:
+        return plan_prepare(domain, config, scan(netlink, config))
+
+
+def refuse_mismatch(domain: Domain, plan: Plan) -> None:
+    """A native source that disagrees with this host's resolution fails the start."""
+    for wanted in plan.sources:
+        tagged = next(t for t in domain.tagged if t.mac == wanted.mac)
+        raise SourceMismatch(domain.name, wanted.mac,
+                             source_difference(current_source(tagged), wanted))
+
+
+def prepare(domain: Domain, call: str) -> Plan | None:
+    """Build what the domain needs before it starts; undo everything on failure."""
+    if not domain.tagged:
+        return None
+    config = config_module.load()
+    with state.host_lock(), Netlink() as netlink:
+        plan = plan_prepare(domain, config, scan(netlink, config))
+        refuse_mismatch(domain, plan)
+        apply(plan.actions, netlink, f"domain {domain.name} {call}")
+        state.write_record(domain.uuid, plan.as_dict())
+    return plan
+
+
+def repair(domain: Domain, call: str) -> Plan | None:
+    """Verify and repair the shared devices of a running guest."""
+    if not domain.tagged:
+        return None
+    config = config_module.load()
+    with state.host_lock(), Netlink() as netlink:
+        plan = plan_repair(domain, config, scan(netlink, config))
+        apply(plan.actions, netlink, f"domain {domain.name} {call}")
+    return plan
+
+
+def release(name: str, uuid: str, call: str) -> list[str]:
+    """Remove this domain's per-guest devices; returns what could not be removed."""
+    with state.host_lock(), Netlink() as netlink:
+        plan = plan_release(name, uuid, netlink.inventory())
+        failures = apply_best_effort(plan.actions, netlink, f"domain {name} {call}")
+        state.drop_record(uuid)
+    return failures
+
+
+def rewrite_for_host(xml: bytes, name_hint: str) -> bytes:
+    """The domain XML with native tagged interfaces written for this host."""
+    root, domain = read_domain(xml, name_hint)
+    if not domain.tagged:
+        return xml
+    config = config_module.load()
+    with Netlink() as netlink:
+        plan = plan_sources(domain, config, scan(netlink, config))
+    if not plan.sources:
+        return xml
+    for source in plan.sources:
+        log.info("domain %s: %s", domain.name, source.describe())
+    return serialize(write_sources(root, plan.sources)).encode("utf-8")

@@ -1,0 +1,58 @@
+"""`kvmhooks install`: the files a non-RPM install puts on the host.
+
+Everything to write is computed first (pure), then one thin loop writes it under a root
+prefix that tests point at a temporary directory.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+
+HOOK_KINDS = {"qemu": "qemu_main"}
+HOOK_PATH = "etc/libvirt/hooks/{kind}.d/kvmhooks"
+
+
+@dataclass(frozen=True)
+class InstalledFile:
+    path: str  # relative to the root
+    text: str
+    mode: int
+
+
+def hook_shim(kind: str, interpreter: str) -> str:
+    """The hook executable: a few lines that hand argv and stdin to kvmhooks.hooks."""
+    return (f"#!{interpreter} -I\n"
+            f'"""libvirt {kind} hook (installed as /{HOOK_PATH.format(kind=kind)})."""\n'
+            "import sys\n\n"
+            f"from kvmhooks.hooks import {HOOK_KINDS[kind]}\n\n"
+            f"sys.exit({HOOK_KINDS[kind]}(sys.argv[1:]))\n")
+
+
+def planned_files(interpreter: str) -> list[InstalledFile]:
+    return [InstalledFile(HOOK_PATH.format(kind=kind), hook_shim(kind, interpreter), 0o755)
+            for kind in HOOK_KINDS]
+
+
+def install(root: str = "/", interpreter: str | None = None) -> list[str]:
+    """Write every file whose content differs; returns one line per file."""
+    lines = []
+    for item in planned_files(interpreter or sys.executable):
+        path = os.path.join(root, item.path)
+        try:
+            with open(path, encoding="utf-8") as stream:
+                same = stream.read() == item.text and (os.stat(path).st_mode & 0o777) == item.mode
+        except FileNotFoundError:
+            same = False
+        if same:
+            lines.append(f"unchanged {path}")
+            continue
+        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+        temporary = path + ".kvmhooks-new"
+        with open(temporary, "w", encoding="utf-8") as stream:
+            stream.write(item.text)
+        os.chmod(temporary, item.mode)
+        os.replace(temporary, path)
+        lines.append(f"installed {path}")
+    return lines

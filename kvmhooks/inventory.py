@@ -1,0 +1,70 @@
+"""A snapshot of host links (dataclasses, no I/O); netlink.py fills it in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .names import MARK_PREFIX
+
+LOWER_KINDS = ("macvlan", "macvtap")  # kinds whose IFLA_LINK is a parent on this host
+
+
+@dataclass(frozen=True)
+class Route:
+    """A route through a link that is not the kernel's own prefix route."""
+
+    dst: str  # "default" or a prefix such as "198.18.5.0/24"
+    family: int
+    gateway: str | None = None
+    priority: int | None = None
+
+    def describe(self) -> str:
+        text = self.dst + (f" via {self.gateway}" if self.gateway else "")
+        return text + (f" metric {self.priority}" if self.priority is not None else "")
+
+
+@dataclass(frozen=True)
+class Link:
+    index: int
+    name: str
+    kind: str | None = None  # "bridge", "macvtap", "macvlan", "tun", "veth", ... or None
+    mac: str | None = None
+    alias: str | None = None
+    master: int | None = None
+    parent: int | None = None  # lower device of a macvlan or macvtap
+    up: bool = False
+    mode: str | None = None  # macvlan/macvtap mode, in the contract's words
+    addresses: tuple[str, ...] = ()  # global-scope addresses with prefix, "198.18.1.1/24"
+    routes: tuple[Route, ...] = ()
+    id_path: str | None = None  # udev ID_PATH, when it was asked for
+    permanent_mac: str | None = None
+
+    @property
+    def marked(self) -> bool:
+        return bool(self.alias and self.alias.startswith(MARK_PREFIX))
+
+
+@dataclass(frozen=True)
+class Inventory:
+    links: tuple[Link, ...] = ()
+    _by_name: dict = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "_by_name", {link.name: link for link in self.links})
+
+    def by_name(self, name: str) -> Link | None:
+        return self._by_name.get(name)
+
+    def by_index(self, index: int | None) -> Link | None:
+        return next((link for link in self.links if link.index == index), None)
+
+    def children(self, link: Link) -> tuple[Link, ...]:
+        """macvlan and macvtap devices whose lower device is link."""
+        return tuple(child for child in self.links
+                     if child.kind in LOWER_KINDS and child.parent == link.index)
+
+    def ports(self, link: Link) -> tuple[Link, ...]:
+        return tuple(port for port in self.links if port.master == link.index)
+
+    def marked_with(self, mark: str) -> tuple[Link, ...]:
+        return tuple(link for link in self.links if link.alias == mark)

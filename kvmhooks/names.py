@@ -1,0 +1,53 @@
+"""Names kvmhooks gives and checks: kernel interface names, MACs, and its device mark."""
+
+from __future__ import annotations
+
+import re
+
+IFNAMSIZ_MAX = 15  # the kernel's IFNAMSIZ (16) less the terminating NUL
+MARK_PREFIX = "kvmhooks:"
+
+_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+# The kernel refuses '/', ':' and white space in names (dev_valid_name); we also refuse
+# shell and glob metacharacters so a name is always safe in a log line or a command.
+_IFNAME = re.compile(r"^[A-Za-z0-9_.+-]{1,15}$")
+
+
+def normalize_mac(text: str) -> str | None:
+    """The MAC in lower case, or None when text is not a MAC."""
+    mac = text.strip().lower()
+    return mac if _MAC.match(mac) else None
+
+
+def ifname_problem(name: str) -> str | None:
+    """Why name cannot be a kernel interface name, or None when it can."""
+    if len(name) > IFNAMSIZ_MAX:
+        return f"'{name}' is longer than {IFNAMSIZ_MAX} characters"
+    if name in (".", "..") or not _IFNAME.match(name):
+        return f"'{name}' is not a valid interface name (letters, digits, '_.+-')"
+    return None
+
+
+def hook_owned_name(mac: str) -> str:
+    """The device name for a hook-owned interface: 'kh' and the MAC's 12 hex digits."""
+    return "kh" + mac.replace(":", "")
+
+
+def shim_name(uplink: str) -> str:
+    return f"kh-{uplink}"
+
+
+def bridge_mark(uplink: str) -> str:
+    return f"{MARK_PREFIX}bridge:{uplink}"
+
+
+def shim_mark(uplink: str) -> str:
+    return f"{MARK_PREFIX}shim:{uplink}"
+
+
+def guest_mark(domain_uuid: str) -> str:
+    return f"{MARK_PREFIX}guest:{domain_uuid}"
+
+
+def network_mark(network: str) -> str:
+    return f"{MARK_PREFIX}network:{network}"

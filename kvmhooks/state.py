@@ -1,0 +1,66 @@
+"""The state directory: the host lock that serializes every change kvmhooks makes,
+and the record of what was built for each domain."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import stat
+
+from .config import state_dir
+from .errors import HostError
+
+
+def _directory(*parts: str) -> str:
+    path = os.path.join(state_dir(), *parts)
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        info = os.stat(path)
+    except OSError as error:
+        raise HostError(f"state directory {path}: {error.strerror}") from None
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise HostError(f"state directory {path} is writable by others; "
+                        "kvmhooks refuses to use it (chmod go-w)")
+    return path
+
+
+@contextlib.contextmanager
+def host_lock():
+    """One lock for all host changes, whether from a hook, udev or the command line."""
+    path = os.path.join(_directory(), "lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _record_path(uuid: str) -> str:
+    if not uuid or "/" in uuid or uuid.startswith("."):
+        raise HostError(f"domain UUID '{uuid}' cannot name a state file")
+    return os.path.join(_directory("domains"), f"{uuid}.json")
+
+
+def write_record(uuid: str, record: dict) -> None:
+    """What the last prepare of this domain did (the plan, as explain prints it)."""
+    path = _record_path(uuid)
+    temporary = path + ".tmp"
+    with open(temporary, "w", encoding="utf-8") as stream:
+        json.dump(record, stream, indent=1, sort_keys=True)
+    os.replace(temporary, path)
+
+
+def read_record(uuid: str) -> dict | None:
+    try:
+        with open(_record_path(uuid), encoding="utf-8") as stream:
+            return json.load(stream)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def drop_record(uuid: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(_record_path(uuid))

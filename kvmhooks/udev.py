@@ -1,0 +1,13 @@
+"""The only module that imports pyudev: udev properties of network devices."""
+
+from __future__ import annotations
+
+import pyudev
+
+
+def id_paths() -> dict[str, str]:
+    """Interface name -> udev ID_PATH, for every network device that has one."""
+    context = pyudev.Context()
+    return {device.sys_name: device.properties["ID_PATH"]
+            for device in context.list_devices(subsystem="net")
+            if "ID_PATH" in device.properties}
