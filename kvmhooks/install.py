@@ -12,6 +12,18 @@ from dataclasses import dataclass
 
 HOOK_KINDS = {"qemu": "qemu_main"}
 HOOK_PATH = "etc/libvirt/hooks/{kind}.d/kvmhooks"
+LINK_PATH = "usr/lib/systemd/network/10-kvmhooks.link"
+# udev's default MACAddressPolicy=persistent gives a new virtual link a MAC of its own
+# unless userspace set one first; a tap gets its MAC only after it exists, so udev
+# could overwrite it. kvmhooks' devices are named kh*; udev leaves their MACs alone.
+LINK_TEXT = """\
+# Installed by kvmhooks: udev keeps its hands off the MACs of kvmhooks' devices.
+[Match]
+OriginalName=kh*
+
+[Link]
+MACAddressPolicy=none
+"""
 
 
 @dataclass(frozen=True)
@@ -31,8 +43,9 @@ def hook_shim(kind: str, interpreter: str) -> str:
 
 
 def planned_files(interpreter: str) -> list[InstalledFile]:
-    return [InstalledFile(HOOK_PATH.format(kind=kind), hook_shim(kind, interpreter), 0o755)
-            for kind in HOOK_KINDS]
+    hooks = [InstalledFile(HOOK_PATH.format(kind=kind), hook_shim(kind, interpreter), 0o755)
+             for kind in HOOK_KINDS]
+    return hooks + [InstalledFile(LINK_PATH, LINK_TEXT, 0o644)]
 
 
 def install(root: str = "/", interpreter: str | None = None) -> list[str]:
