@@ -23,7 +23,7 @@ from .actions import (
     SetMaster,
     SetUp,
 )
-from .errors import ApplyError, KvmhooksError
+from .errors import ApplyError
 
 log = logging.getLogger("kvmhooks")
 
@@ -57,7 +57,7 @@ def apply(actions: Iterable[Action], backend, context: str) -> list[Action]:
     for action in actions:
         try:
             run_action(action, backend)
-        except KvmhooksError as error:
+        except Exception as error:  # whatever failed, what was done must be undone
             undo_failures = undo(done, backend, context)
             log.error("%s: %s failed: %s", context, action.describe(), error)
             raise ApplyError(action.describe(), str(error), tuple(undo_failures)) from None
@@ -76,7 +76,7 @@ def undo(done: list[Action], backend, context: str) -> list[str]:
         try:
             run_action(reverse, backend)
             log.info("%s: undo: %s", context, reverse.describe())
-        except KvmhooksError as error:
+        except Exception as error:  # report every undo failure, go on with the rest
             failures.append(f"{reverse.describe()}: {error}")
     return failures
 
@@ -88,7 +88,7 @@ def apply_best_effort(actions: Iterable[Action], backend, context: str) -> list[
         try:
             run_action(action, backend)
             log.info("%s: %s", context, action.describe())
-        except KvmhooksError as error:
+        except Exception as error:  # release must never fail: log and go on
             log.warning("%s: %s failed: %s", context, action.describe(), error)
             failures.append(f"{action.describe()}: {error}")
     return failures

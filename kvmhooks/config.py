@@ -117,28 +117,34 @@ class _Parser:
         dotted = f"{table}.{key}" if key else table
         return ConfigError(self.path, message, key=dotted, line=self.line_of(table, key))
 
-    def line_of(self, table: str, key: str | None) -> int | None:
-        """Best-effort line of `key` inside `[table]` (or of the table header)."""
-        header = re.compile(r"^\s*\[\s*" + r"\s*\.\s*".join(
-            r'"?' + re.escape(part) + r'"?' for part in table.split(".")) + r"\s*\]")
-        start = next((i for i, line in enumerate(self.lines) if header.match(line)), None)
-        if start is None:
-            return None
-        if key is None:
-            return start + 1
+    def line_of(self, table: str | None, key: str | None) -> int | None:
+        """Best-effort line of `key` in `[table]` (top level when table is None), or of
+        the first header that starts with table."""
+        start = -1
+        if table is not None:
+            parts = r"\s*\.\s*".join(r'"?' + re.escape(p) + r'"?' for p in table.split("."))
+            header = re.compile(r"^\s*\[\s*" + parts + r"\s*[.\]]")
+            start = next((i for i, line in enumerate(self.lines) if header.match(line)), None)
+            if start is None:
+                return None
+            if key is None:
+                return start + 1
         key_line = re.compile(r'^\s*"?' + re.escape(key) + r'"?\s*=')
         for i in range(start + 1, len(self.lines)):
             if self.lines[i].lstrip().startswith("["):
                 break
             if key_line.match(self.lines[i]):
                 return i + 1
-        return start + 1
+        return start + 1 if start >= 0 else None
 
     def config(self, document: dict) -> Config:
-        unknown = set(document) - {"uplink", "network"}
-        for key in sorted(unknown):
-            raise ConfigError(self.path, "unknown table (expected [uplink.NAME] or "
-                              "[network.NAME])", key=key, line=self.line_of(key, None))
+        for key in sorted(set(document) - {"uplink", "network"}):
+            if isinstance(document[key], dict):
+                raise ConfigError(self.path, "unknown table (expected [uplink.NAME] or "
+                                  "[network.NAME])", key=key, line=self.line_of(key, None))
+            raise ConfigError(self.path, "unknown key outside any table (expected "
+                              "[uplink.NAME] or [network.NAME] tables)", key=key,
+                              line=self.line_of(None, key))
         uplinks = {name: self.uplink(name, body)
                    for name, body in self.tables(document, "uplink").items()}
         networks = {name: self.network(name, body, uplinks)
@@ -163,7 +169,9 @@ class _Parser:
                 raise self.error(f"{kind}.{name}", None, "name may hold only letters, "
                                  "digits, '-' and '_'")
             if not isinstance(body, dict):
-                raise self.error(f"{kind}.{name}", None, "must be a table")
+                raise ConfigError(self.path, f"[{kind}] holds keys directly; name the "
+                                  f"{kind}: [{kind}.NAME]", key=f"{kind}.{name}",
+                                  line=self.line_of(kind, name))
         return tables
 
     def uplink(self, name: str, body: dict) -> Uplink:

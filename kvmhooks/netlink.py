@@ -143,8 +143,8 @@ class Netlink:
         try:
             self.ipr.addr(command, index=self.index(name), address=str(interface.ip),
                           prefixlen=interface.network.prefixlen)
-        except NetlinkError as error:
-            raise HostError(f"{command} address {address} on {name}: {error.args[1]}") from None
+        except (NetlinkError, OSError) as error:
+            raise HostError(f"{command} address {address} on {name}: {_reason(error)}") from None
 
     def move_route(self, route: Route, target: str) -> None:
         spec = {"dst": route.dst, "family": route.family, "oif": self.index(target)}
@@ -154,9 +154,9 @@ class Netlink:
             spec["priority"] = route.priority
         try:
             self.ipr.route("replace", **spec)
-        except NetlinkError as error:
+        except (NetlinkError, OSError) as error:
             raise HostError(f"move route {route.describe()} to {target}: "
-                            f"{error.args[1]}") from None
+                            f"{_reason(error)}") from None
 
     def delete_link(self, name: str) -> None:
         self._call(f"delete {name}", "del", index=self.index(name))
@@ -170,7 +170,11 @@ class Netlink:
     def _call(self, step: str, command: str, **spec) -> None:
         try:
             self.ipr.link(command, **spec)
-        except NetlinkError as error:
-            raise HostError(f"{step}: {error.args[1]}") from None
-        except OSError as error:  # tuntap creation goes through ioctl, not netlink
-            raise HostError(f"{step}: {error.strerror or error}") from None
+        except (NetlinkError, OSError) as error:  # tuntap creation goes through ioctl
+            raise HostError(f"{step}: {_reason(error)}") from None
+
+
+def _reason(error: Exception) -> str:
+    if isinstance(error, NetlinkError) and len(error.args) > 1:
+        return str(error.args[1])
+    return getattr(error, "strerror", None) or str(error)

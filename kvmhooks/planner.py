@@ -31,8 +31,10 @@ from .errors import ForeignDevice, HostError, MetadataError, NicAbsent, NotAllow
 from .inventory import LOWER_KINDS, Inventory, Link
 from .names import bridge_mark, guest_mark, shim_mark
 
-# Kinds that are never an uplink's NIC when we look it up by MAC or udev path.
-_NOT_A_NIC = ("bridge", "tun", *LOWER_KINDS)
+# Kinds that are never an uplink's NIC when we look it up by MAC or udev path: they
+# copy or borrow a NIC's MAC (a VLAN, a bond's ports) or are guests' devices.
+_NOT_A_NIC = ("bridge", "tun", "vlan", "macsec", "ipvlan", "vxlan", *LOWER_KINDS)
+_AGGREGATES = ("bond", "team")
 # libvirt's default for <source mode> of a direct interface is vepa.
 LIBVIRT_DEFAULT_DIRECT_MODE = "vepa"
 
@@ -81,7 +83,8 @@ def resolve(uplink: Uplink, inventory: Inventory) -> Resolution:
             raise NicAbsent(uplink.name, uplink.selector())
     else:
         matches = [link for link in inventory.links
-                   if link.kind not in _NOT_A_NIC and not link.marked and (
+                   if link.kind not in _NOT_A_NIC and not link.marked
+                   and not _in_aggregate(link, inventory) and (
                        (uplink.mac and uplink.mac in (link.mac, link.permanent_mac))
                        or (uplink.path and link.id_path == uplink.path))]
         if not matches:
@@ -92,6 +95,11 @@ def resolve(uplink: Uplink, inventory: Inventory) -> Resolution:
                             f"links ({names})")
         link = matches[0]
     return Resolution(uplink=uplink.name, nic=link.name, bridge=uplink.bridge)
+
+
+def _in_aggregate(link: Link, inventory: Inventory) -> bool:
+    master = inventory.by_index(link.master)
+    return master is not None and master.kind in _AGGREGATES
 
 
 def uplink_for(tagged: TaggedInterface, domain: Domain, config: Config) -> Uplink | None:
@@ -218,6 +226,7 @@ class _DevicePlanner:
         self.inventory = inventory
         self.actions: list[Action] = []
         self.planned_links: set[str] = set()
+        self.deleted_links: set[str] = set()
 
     def uplink(self, uplink: Uplink, resolution: Resolution) -> None:
         nic = self.inventory.by_name(resolution.nic)
@@ -255,6 +264,13 @@ class _DevicePlanner:
         """Enslave the NIC, moving its addresses and routes to the bridge first so the
         host keeps its connectivity (what the nmcli bridge-slave dance does by hand)."""
         children = self.inventory.children(nic)
+        own_shim = [c for c in children if c.alias == shim_mark(uplink.name)]
+        if own_shim:
+            # Left on the NIC from before the uplink had a bridge; the shim step below
+            # builds it again on the bridge.
+            self.actions.append(DeleteLink(own_shim[0].name, "shim moves to the bridge"))
+            self.deleted_links.add(own_shim[0].name)
+            children = tuple(c for c in children if c not in own_shim)
         if children:
             raise HostError(f"uplink '{uplink.name}': NIC {nic.name} carries "
                             f"{', '.join(c.name for c in children)}; the kernel refuses to "
@@ -266,7 +282,7 @@ class _DevicePlanner:
 
     def shim(self, uplink: Uplink, lower: str) -> None:
         address = str(uplink.host_address)
-        shim = self.inventory.by_name(uplink.shim)
+        shim = None if uplink.shim in self.deleted_links else self.inventory.by_name(uplink.shim)
         if shim is not None and shim.alias != shim_mark(uplink.name):
             raise ForeignDevice(uplink.shim, "exists without kvmhooks' shim mark")
         lower_link = self.inventory.by_name(lower)

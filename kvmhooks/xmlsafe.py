@@ -33,6 +33,10 @@ def parse(data: bytes | str) -> etree._Element:
         raise UnsafeXml(f"malformed XML: {error.msg} (line {error.lineno})") from None
     if root is None:
         raise UnsafeXml("empty XML document")
+    # The byte check above misses other encodings (UTF-16); the parsed tree does not.
+    docinfo = root.getroottree().docinfo
+    if docinfo.doctype or docinfo.internalDTD is not None:
+        raise UnsafeXml("XML with a DOCTYPE or entity declarations is refused")
     return root
 
 

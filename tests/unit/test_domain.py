@@ -1,0 +1,150 @@
+"""domain.parse_domain: metadata entries in, typed intents or one MetadataError out."""
+
+from __future__ import annotations
+
+import pytest
+
+from kvmhooks.domain import Attachment, parse_domain
+from kvmhooks.errors import MetadataError
+from kvmhooks.xmlsafe import MAX_XML_BYTES
+
+from .builders import (
+    MAC1,
+    MAC2,
+    MAC3,
+    UUID,
+    domain,
+    domain_xml,
+    hook_owned,
+    interface,
+    meta,
+    native_bridge,
+    native_direct,
+    native_network,
+)
+
+
+def test_one_entry_of_each_type():
+    parsed = domain(
+        meta(MAC1, "bridge", uplink="lan"), hook_owned(MAC1),
+        meta(MAC2, "direct", uplink="lan", mode="private"), native_direct(MAC2, "eth1"),
+        meta(MAC3, "network", network="default"), native_network(MAC3, "default"))
+    assert parsed.name == "web1" and parsed.uuid == UUID
+    assert [t.attachment for t in parsed.tagged] == [
+        Attachment(MAC1, "bridge", uplink="lan"),
+        Attachment(MAC2, "direct", uplink="lan", mode="private"),
+        Attachment(MAC3, "network", network="default"),
+    ]
+    assert [t.hook_owned for t in parsed.tagged] == [True, False, False]
+    assert parsed.tagged[0].device.target_dev == "kh5254006b3c01"
+    assert parsed.tagged[1].device.source_dev == "eth1"
+
+
+@pytest.mark.parametrize("mode", ["bridge", "private", "vepa", "passthrough"])
+def test_direct_modes(mode):
+    parsed = domain(meta(MAC1, "direct", uplink="lan", mode=mode), hook_owned(MAC1))
+    assert parsed.tagged[0].attachment.mode == mode
+
+
+def test_direct_mode_defaults_to_bridge_not_vepa():
+    parsed = domain(meta(MAC1, "direct", uplink="lan"), native_direct(MAC1, "eth1"))
+    assert parsed.tagged[0].attachment.mode == "bridge"
+
+
+def test_mac_compared_case_insensitively():
+    parsed = domain(meta(MAC1.upper(), "bridge", uplink="lan"),
+                    native_bridge(MAC1.replace("6b", "6B"), "br-lan"))
+    assert parsed.tagged[0].mac == MAC1
+
+
+@pytest.mark.parametrize("prefix", ["kh", "k", "kvmhooks"])
+def test_any_namespace_prefix(prefix):
+    xml = domain_xml(meta(MAC1, "bridge", uplink="lan"), hook_owned(MAC1), prefix=prefix)
+    assert parse_domain(xml).tagged[0].attachment.uplink == "lan"
+
+
+def test_default_namespace_without_prefix():
+    xml = domain_xml(hook_owned(MAC1)).replace(
+        "<devices>", '<metadata><net xmlns="urn:kvmhooks:net:1">'
+        f'<interface mac="{MAC1}" uplink="lan" type="bridge"/></net></metadata><devices>')
+    assert parse_domain(xml).tagged[0].attachment.kind == "bridge"
+
+
+def test_untagged_domain_has_no_tagged_interfaces():
+    assert domain(native_bridge(MAC1, "virbr0")).tagged == ()
+
+
+def _error(xml: str | bytes, name_hint: str = "?") -> str:
+    with pytest.raises(MetadataError) as caught:
+        parse_domain(xml, name_hint)
+    return str(caught.value)
+
+
+def test_malformed_xml_names_the_domain_hint():
+    message = _error("<domain><name>web1</name>", name_hint="web1")
+    assert message.startswith("domain web1: malformed XML")
+
+
+def test_doctype_and_entities_are_refused_not_resolved():
+    xml = ('<!DOCTYPE domain [<!ENTITY n SYSTEM "file:///etc/hostname">]>'
+           "<domain><name>&n;</name></domain>")
+    assert "DOCTYPE" in _error(xml, "web1")
+
+
+def test_doctype_refused_in_any_encoding():
+    # The byte check for '<!DOCTYPE' misses a UTF-16 document; lxml parses it.
+    xml = ('<?xml version="1.0" encoding="UTF-16"?>'
+           '<!DOCTYPE domain [<!ENTITY n "evil">]><domain><name>&n;</name></domain>')
+    assert "DOCTYPE" in _error(xml.encode("utf-16"), "web1")
+
+
+def test_oversize_xml_is_refused():
+    xml = domain_xml(native_bridge(MAC1, "br-lan")).replace(
+        "</domain>", "<!--" + "x" * MAX_XML_BYTES + "--></domain>")
+    message = _error(xml, "web1")
+    assert message.startswith("domain web1: ") and "over the limit" in message
+
+
+@pytest.mark.parametrize("parts, needle, mac", [
+    ((meta(MAC1, "bridge", uplink="lan", colour="red"), hook_owned(MAC1)),
+     "unknown attribute 'colour'", MAC1),
+    (('<kh:interfaces mac="52:54:00:6b:3c:01"/>', hook_owned(MAC1)),
+     "unknown element <interfaces>", None),
+    ((meta(MAC1, "direct", uplink="lan", mode="vepa2"), hook_owned(MAC1)),
+     "mode 'vepa2' is invalid", MAC1),
+    ((meta(MAC1, "bridge", uplink="lan", mode="private"), hook_owned(MAC1)),
+     "unknown attribute 'mode'", MAC1),
+    ((meta(MAC1, "ethernet", uplink="lan"), hook_owned(MAC1)), "type is 'ethernet'", MAC1),
+    ((meta(MAC1, "bridge"), hook_owned(MAC1)), "type 'bridge' needs uplink", MAC1),
+    ((meta(MAC1, "direct"), hook_owned(MAC1)), "type 'direct' needs uplink", MAC1),
+    ((meta(MAC1, "network"), native_network(MAC1, "default")),
+     "type 'network' needs network", MAC1),
+    ((meta(MAC1, "bridge", uplink="lan"), hook_owned(MAC2)),
+     "no <interface> in <devices> has this MAC", MAC1),
+    ((meta(MAC1, "bridge", uplink="lan"), meta(MAC1.upper(), "direct", uplink="lan"),
+      hook_owned(MAC1)), "MAC listed twice", MAC1),
+    ((meta(MAC1, "bridge", uplink="lan"), interface(MAC1, "ethernet")),
+     "needs <target dev='NAME' managed='no'/>", MAC1),
+    ((meta(MAC1, "bridge", uplink="lan"), hook_owned(MAC1, managed=None)),
+     "needs <target dev='NAME' managed='no'/>", MAC1),
+    ((meta(MAC1, "bridge", uplink="lan"), hook_owned(MAC1, managed="yes")),
+     "needs <target dev='NAME' managed='no'/>", MAC1),
+    ((meta(MAC1, "bridge", uplink="lan"), hook_owned(MAC1, dev="kh5254006b3c01xy")),
+     "longer than 15 characters", MAC1),
+    ((meta(MAC1, "network", network="default"), hook_owned(MAC1)),
+     "type 'network' takes the native form", MAC1),
+    ((meta(MAC1, "bridge", uplink="lan"), interface(MAC1, "hostdev")),
+     "cannot be tagged", MAC1),
+    ((meta("52:54:00:6b:3c", "bridge", uplink="lan"), hook_owned(MAC1)),
+     "is not a MAC address", None),
+])
+def test_bad_metadata_names_domain_and_mac(parts, needle, mac):
+    message = _error(domain_xml(*parts))
+    subject = "domain web1" + (f" interface {mac}" if mac else "")
+    assert message.startswith(subject + ": ") and needle in message, message
+
+
+def test_unknown_attribute_on_net():
+    xml = domain_xml(meta(MAC1, "bridge", uplink="lan"), hook_owned(MAC1)).replace(
+        "<kh:net ", '<kh:net version="2" ')
+    assert _error(xml).startswith("domain web1: unknown attribute 'version' on <net>")

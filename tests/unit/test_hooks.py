@@ -1,0 +1,97 @@
+"""hooks.qemu_main's paths that need neither config nor netlink nor libvirt."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+
+import pytest
+
+from kvmhooks.hooks import qemu_main
+
+from .builders import MAC1, domain_xml, meta, native_bridge
+
+
+class Unreadable(io.BytesIO):
+    def read(self, *args):
+        raise AssertionError("the hook read stdin")
+
+
+@pytest.mark.parametrize("operation", ["start", "started", "stopped"])
+def test_nothing_to_do_returns_without_reading_stdin(operation, capsys):
+    stdout = io.BytesIO()
+    assert qemu_main(["web1", operation, "begin", "-"], Unreadable(), stdout) == 0
+    assert stdout.getvalue() == b""
+    assert capsys.readouterr() == ("", "")
+
+
+def test_nothing_to_do_imports_nothing_heavy():
+    script = (
+        "import sys\n"
+        "from kvmhooks.hooks import qemu_main\n"
+        "for op in ('start', 'started', 'stopped'):\n"
+        "    assert qemu_main(['web1', op, 'begin', '-']) == 0\n"
+        "heavy = [m for m in ('lxml', 'pyroute2', 'libvirt', 'pyudev', 'kvmhooks.netlink',\n"
+        "                     'kvmhooks.virt', 'kvmhooks.engine') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], stdin=subprocess.DEVNULL,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("operation", ["migrate", "restore"])
+def test_untagged_domain_is_printed_unchanged_once(operation, capsys):
+    xml = domain_xml(native_bridge(MAC1, "br0")).encode()
+    stdout = io.BytesIO()
+    assert qemu_main(["web1", operation, "begin", "-"], io.BytesIO(xml), stdout) == 0
+    assert stdout.getvalue() == xml
+    assert capsys.readouterr().err == ""
+
+
+def test_unknown_operation_exits_0_with_one_line(capsys):
+    assert qemu_main(["web1", "teleport", "begin", "-"], Unreadable(), io.BytesIO()) == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "teleport" in err and "web1" in err
+
+
+@pytest.mark.parametrize("argv", [[], ["web1"]])
+def test_missing_arguments_exit_2(argv, capsys):
+    assert qemu_main(argv, Unreadable(), io.BytesIO()) == 2
+    assert capsys.readouterr().err.startswith("kvmhooks: usage:")
+
+
+def test_release_of_untagged_domain_without_record_does_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("KVMHOOKS_STATE_DIR", str(tmp_path))
+    stdout = io.BytesIO()
+    xml = domain_xml(native_bridge(MAC1, "br0")).encode()
+    assert qemu_main(["web1", "release", "end", "-"], io.BytesIO(xml), stdout) == 0
+    assert stdout.getvalue() == b"" and capsys.readouterr() == ("", "")
+
+
+def test_tagged_domain_without_native_changes_is_printed_unchanged(capsys):
+    xml = domain_xml(native_bridge(MAC1, "br0")).replace(
+        "<devices>", '<metadata><k:net xmlns:k="urn:kvmhooks:net:1"/></metadata><devices>')
+    stdout = io.BytesIO()
+    assert qemu_main(["web1", "restore", "begin", "-"], io.BytesIO(xml.encode()), stdout) == 0
+    assert stdout.getvalue() == xml.encode()
+
+
+def test_prepare_of_untagged_domain_does_nothing(capsys):
+    xml = domain_xml(native_bridge(MAC1, "br0")).encode()
+    assert qemu_main(["web1", "prepare", "begin", "-"], io.BytesIO(xml), io.BytesIO()) == 0
+    assert capsys.readouterr() == ("", "")
+
+
+@pytest.mark.parametrize("operation, status", [
+    ("prepare", 2), ("migrate", 2), ("reconnect", 0), ("attach", 0)])
+def test_bad_metadata_is_one_line_and_reconnect_never_fails(operation, status, capsys,
+                                                            monkeypatch):
+    monkeypatch.setattr("kvmhooks.logsetup.SYSLOG_SOCKET", "/nonexistent/log")
+    xml = domain_xml(meta(MAC1, "bridge"), native_bridge(MAC1, "br0")).encode()
+    stdout = io.BytesIO()
+    assert qemu_main(["web1", operation, "begin", "-"], io.BytesIO(xml), stdout) == status
+    err = capsys.readouterr().err
+    assert err == f"kvmhooks: domain web1 interface {MAC1}: type 'bridge' needs uplink\n"
+    assert stdout.getvalue() == b""
