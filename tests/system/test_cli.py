@@ -1,0 +1,164 @@
+"""The command line against a real libvirtd: explain, attach, apply, status, install."""
+
+from __future__ import annotations
+
+import json
+
+import lab
+import pytest
+from helpers import (
+    forget_bridge_later,
+    guest_mac,
+    kvmhooks,
+    live_interface,
+    live_target,
+    marked_links,
+    record,
+    tap_mac,
+    uplink_name,
+)
+from lxml import etree
+from tagged import Iface, domain_xml
+
+pytestmark = pytest.mark.system
+
+
+def test_explain_shows_exactly_what_prepare_does(libvirt_conn, cleanup, kh_config,
+                                                 stand_in_nic, subnet):
+    uplink, bridge = uplink_name(), lab.unique_name("ktbr")
+    kh_config(f'[uplink.{uplink}]\nnic = "{stand_in_nic.name}"\nbridge = "{bridge}"\n'
+              f'host_address = "{subnet.addr(7)}"\n')
+    forget_bridge_later(cleanup, bridge, f"kh-{uplink}")
+    ifaces = [Iface(guest_mac(), "bridge", uplink), Iface(guest_mac(), "direct", uplink, "vepa"),
+              Iface(guest_mac(), "direct", uplink, "private", native=True, source=bridge)]
+    dom = lab.define(libvirt_conn, domain_xml(lab.unique_name("kt-dom-"), ifaces), cleanup)
+
+    explained = kvmhooks("explain", dom.name(), "--json")
+    assert explained.returncode == 0, explained.stderr
+    plan = json.loads(explained.stdout)
+    kinds = [action["action"] for action in plan["actions"]]
+    assert kinds[0] == "create_bridge" and "create_shim" in kinds
+    assert kinds.count("create_tap") == 1 and kinds.count("create_macvtap") == 1
+    assert plan["sources"] == []
+
+    dom.create()
+    assert record(dom.UUIDString()) == plan
+    for action in plan["actions"]:
+        if action["action"].startswith("create_"):
+            assert lab.link_exists(action["name"]), action
+    text = kvmhooks("explain", dom.name())
+    assert text.returncode == 0 and "nothing to create" in text.stdout
+
+
+def test_attach_writes_hook_owned_and_native_forms(libvirt_conn, cleanup, kh_config,
+                                                   stand_in_nic):
+    uplink, bridge = uplink_name(), lab.unique_name("ktbr")
+    kh_config(f'[uplink.{uplink}]\nnic = "{stand_in_nic.name}"\nbridge = "{bridge}"\n')
+    forget_bridge_later(cleanup, bridge)
+    dom = lab.define(libvirt_conn, domain_xml(lab.unique_name("kt-dom-"), [], metadata=""),
+                     cleanup)
+    tap, macvtap = guest_mac(), guest_mac()
+    first = kvmhooks("attach", dom.name(), "--mac", tap.upper(), "--uplink", uplink,
+                     "--type", "bridge")
+    assert first.returncode == 0, first.stderr
+    second = kvmhooks("attach", dom.name(), "--mac", macvtap, "--uplink", uplink,
+                      "--type", "direct", "--mode", "private", "--native")
+    assert second.returncode == 0, second.stderr
+
+    dom.create()
+    device = lab.link_info("kh" + tap.replace(":", ""))
+    assert (device["kind"], device["master"], device["mac"]) == ("tun", bridge, tap_mac(tap))
+    source = live_interface(dom, macvtap).find("source")
+    assert (source.get("dev"), source.get("mode")) == (bridge, "private")
+    assert lab.link_info(live_target(dom, macvtap))["link"] == lab.link_index(bridge)
+
+    refused = kvmhooks("attach", dom.name(), "--mac", guest_mac(), "--uplink", "nosuch",
+                       "--type", "bridge")
+    assert refused.returncode == 2
+    assert refused.stderr.count("\n") == 1 and "unknown uplink 'nosuch'" in refused.stderr
+
+
+def test_apply_rewrites_a_definition_for_this_host(libvirt_conn, cleanup, kh_config,
+                                                   stand_in_nic):
+    uplink = uplink_name()
+    kh_config(f'[uplink.{uplink}]\nnic = "{stand_in_nic.name}"\n')
+    iface = Iface(guest_mac(), "direct", uplink, "bridge", native=True, source="ktnic-elsewhere",
+                  source_mode="vepa")
+    dom = lab.define(libvirt_conn, domain_xml(lab.unique_name("kt-dom-"), [iface]), cleanup)
+
+    status = json.loads(kvmhooks("status", "--json").stdout)
+    row = next(r for r in status if r["domain"] == dom.name())
+    assert (row["state"], row["nic"], row["device"]) == ("stale", stand_in_nic.name, "-")
+
+    applied = kvmhooks("apply", dom.name())
+    assert applied.returncode == 0, applied.stderr
+    assert f"dev='{stand_in_nic.name}' mode='bridge'" in applied.stdout
+    dom.create()
+    assert lab.link_info(live_target(dom, iface.mac))["link"] == stand_in_nic.index
+    row = next(r for r in json.loads(kvmhooks("status", "--json").stdout)
+               if r["domain"] == dom.name())
+    assert row["state"] == "ok" and row["device"] == live_target(dom, iface.mac)
+
+    again = kvmhooks("apply", dom.name())
+    assert again.returncode == 0 and again.stdout == ""
+
+
+def test_apply_moves_a_running_guest_to_this_hosts_bridge(libvirt_conn, cleanup, kh_config,
+                                                          stand_in_nic):
+    uplink, old, new = uplink_name(), lab.unique_name("ktbr"), lab.unique_name("ktbr")
+    lab.create_bridge(old, cleanup)
+    kh_config(f'[uplink.{uplink}]\nnic = "{stand_in_nic.name}"\nbridge = "{old}"\n')
+    forget_bridge_later(cleanup, new)
+    iface = Iface(guest_mac(), "bridge", uplink, native=True, source=old)
+    dom = lab.define_and_start(libvirt_conn, domain_xml(lab.unique_name("kt-dom-"), [iface]),
+                               cleanup)
+    # The host's uplink moves to another bridge: release the NIC from the old one.
+    lab.delete_link(old)
+    kh_config(f'[uplink.{uplink}]\nnic = "{stand_in_nic.name}"\nbridge = "{new}"\n')
+    row = next(r for r in json.loads(kvmhooks("status", "--json").stdout)
+               if r["domain"] == dom.name())
+    assert row["state"] == "stale"
+
+    applied = kvmhooks("apply", dom.name())
+    assert applied.returncode == 0, applied.stderr
+    assert lab.link_info(stand_in_nic.name)["master"] == new
+    assert lab.link_info(live_target(dom, iface.mac))["master"] == new
+    inactive = etree.fromstring(dom.XMLDesc(0x2).encode())
+    assert inactive.find("devices/interface/source").get("bridge") == new
+
+
+def test_status_reports_missing_devices(libvirt_conn, cleanup, kh_config, stand_in_nic):
+    uplink = uplink_name()
+    kh_config(f'[uplink.{uplink}]\nnic = "{stand_in_nic.name}"\n')
+    iface = Iface(guest_mac(), "direct", uplink, "bridge")
+    dom = lab.define_and_start(libvirt_conn, domain_xml(lab.unique_name("kt-dom-"), [iface]),
+                               cleanup)
+    row = next(r for r in json.loads(kvmhooks("status", "--json").stdout)
+               if r["domain"] == dom.name())
+    assert (row["state"], row["device"]) == ("ok", iface.hook_owned_dev)
+    stand_in_nic.unplug()  # the macvtap dies with its NIC
+    row = next(r for r in json.loads(kvmhooks("status", "--json").stdout)
+               if r["domain"] == dom.name())
+    assert row["state"] == "missing" and "no NIC on this host" in row["reason"]
+    table = kvmhooks("status").stdout
+    assert dom.name() in table and "missing" in table
+    assert not marked_links(f"kvmhooks:guest:{dom.UUIDString()}")
+
+
+def test_check_config_and_install(tmp_path, cleanup):
+    good = tmp_path / "good.toml"
+    good.write_text('[uplink.lan]\nnic = "eth9"\n')
+    result = kvmhooks("check-config", str(good))
+    assert result.returncode == 0 and "ok (1 uplinks, 0 networks)" in result.stdout
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[uplink.lan]\nnic = "eth9"\ncolour = "red"\n')
+    result = kvmhooks("check-config", str(bad))
+    assert result.returncode == 2
+    assert result.stderr == f"kvmhooks: {bad}:3: uplink.lan.colour: unknown key " \
+        "(expected one of: bridge, domains, host_address, mac, nic, path)\n"
+    root = tmp_path / "root"
+    first = kvmhooks("install", "--root", str(root))
+    second = kvmhooks("install", "--root", str(root))
+    assert first.returncode == second.returncode == 0
+    assert "installed" in first.stdout and "installed" not in second.stdout
+    assert (root / "etc/libvirt/hooks/qemu.d/kvmhooks").stat().st_mode & 0o111
