@@ -54,6 +54,18 @@ def kh_config(cleanup):
     return cfg.write
 
 
+@pytest.fixture(scope="session")
+def syslog():
+    """What kvmhooks logs to syslog during the session (lab.SyslogCapture)."""
+    capture = lab.SyslogCapture()
+    if not capture.owned:
+        capture.close()
+        pytest.fail("/dev/log exists: a syslog daemon runs, the tests cannot read kvmhooks' "
+                    "log", pytrace=False)
+    yield capture
+    capture.close()
+
+
 @pytest.fixture
 def subnet():
     """A fresh /24 out of 198.18.0.0/15 that no route here covers (lab.Subnet)."""

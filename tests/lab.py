@@ -334,6 +334,66 @@ def ping(address: str, ns: str | None = None, count: int = 1, timeout: float = 2
     return r.returncode == 0
 
 
+class SyslogCapture:
+    """Listens on /dev/log (where no syslog daemon does) and keeps what kvmhooks logs,
+    hooks and detached NIC handlers included, as (severity, text) pairs."""
+
+    PATH = "/dev/log"
+    SEVERITY = {3: "error", 4: "warning", 5: "notice", 6: "info", 7: "debug"}
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+        self.records: list[tuple[str, str]] = []
+        self.owned = not os.path.exists(self.PATH)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        if self.owned:
+            self.sock.bind(self.PATH)
+            self.thread = threading.Thread(target=self._read, daemon=True)
+            self.thread.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except OSError:
+                return
+            text = data.decode(errors="replace").rstrip("\0\n")
+            priority, _, message = text.partition(">")
+            severity = int(priority.lstrip("<") or 6) % 8 if priority.startswith("<") else 6
+            self.records.append((self.SEVERITY.get(severity, str(severity)), message))
+
+    def since(self, mark: int) -> list[tuple[str, str]]:
+        return self.records[mark:]
+
+    def close(self) -> None:
+        self.sock.close()
+        if self.owned:
+            _remove_file(self.PATH)
+
+
+def settle_nic_events(timeout: float = 15.0) -> None:
+    """Wait until udev has run its queue and no `kvmhooks nic-event` handler runs."""
+    subprocess.run(["udevadm", "settle", f"--timeout={int(timeout)}"], check=False)
+    wait_for(lambda: not nic_event_handlers(), timeout, what="kvmhooks nic-event handlers")
+
+
+def nic_event_handlers() -> list[int]:
+    """Process IDs of running `kvmhooks nic-event` handlers."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as stream:
+                words = stream.read().split(b"\0")
+        except OSError:
+            continue
+        if b"kvmhooks" in b" ".join(words) and b"nic-event" in words:
+            found.append(int(entry))
+    return found
+
+
 class StandInNic:
     """A veth pair standing in for a physical NIC and its LAN.
 
@@ -368,6 +428,9 @@ class StandInNic:
         # registered once: deletes whatever name the NIC has at cleanup time
         cleanup.add(lambda: delete_link(self.name), _what=f"delete stand-in NIC {self.name}")
         self.plug()
+        # The NIC's add event runs kvmhooks' udev rule; let it finish before the test
+        # writes a config, so that it never acts on a half-made lab.
+        settle_nic_events()
 
     # -- lifecycle -------------------------------------------------------
 
@@ -387,8 +450,12 @@ class StandInNic:
         # udevd's MACAddressPolicy=persistent leaves it alone (it rewrites
         # random MACs of new virtual links asynchronously otherwise).
         self.mac = self.mac or random_mac()
+        # The LAN host keeps its MAC too, as a real one does when only our NIC flaps
+        # (a new one would sit behind the guests' stale ARP entries).
+        self.lan_mac = getattr(self, "lan_mac", None) or random_mac()
         with IPRoute() as ipr:
-            ipr.link("add", ifname=self.name, kind="veth", address=self.mac, peer=tmp_peer)
+            ipr.link("add", ifname=self.name, kind="veth", address=self.mac,
+                     peer={"ifname": tmp_peer, "address": self.lan_mac})
             try:
                 peer_idx = ipr.link_lookup(ifname=tmp_peer)[0]
                 ipr.link("set", index=peer_idx, net_ns_fd=self.ns)

@@ -1,0 +1,526 @@
+"""Tiny Linux guests that really boot (under TCG) and send real packets.
+
+For end-to-end and NIC-event tests.  A guest is a Debian cloud kernel plus a
+busybox-static initramfs whose ``/init`` is configured only by the kernel
+command line:
+
+``kh.ip=MAC=ADDR/LEN`` (repeatable, one per NIC)
+    every 0.5 s, each interface with that MAC that has no IPv4 address yet
+    (a NIC that was hot-plugged again is a new interface) gets the address
+    and is set up; the guest prints ``KH nic <ifname> <mac> up``, and
+    ``KH ready`` once, when all of them are configured (at once when there
+    are none).  ``KH nic <ifname> <mac> gone`` when a configured one vanishes.
+``kh.ping=ADDR`` (repeatable)
+    every round (0.5 s apart) each target is pinged once, in parallel, with a
+    1 s timeout, and the guest prints ``KH t=<uptime> ping <addr> ok|fail``.
+
+The guest answers pings itself (the kernel does).  Lines go to the first
+serial port, which :func:`guest_domain_xml` sends to a file that
+:class:`SerialLog` reads.  ACPI PCI hotplug (acpiphp) is built into the
+kernel, so a live detach of a virtio NIC completes and a re-attached one comes
+back as a new interface.
+
+    kernel, initrd = ensure_image()          # built once, cached
+    xml = guest_domain_xml(name, iface_xml, {mac: subnet.addr(10)}, [subnet.ip(2)])
+    serial = SerialLog(lab.serial_log_path(name))
+    dom = lab.define_and_start(conn, xml, cleanup)
+    wait_ready(serial)
+    mark = serial.offset()
+    ...                                      # flap something
+    serial.wait_for_line(rf"ping {re.escape(subnet.ip(2))} ok$", 30, after_offset=mark)
+
+The image needs ``apt-get download`` to work the first time (the kernel and
+busybox packages are unpacked into a temporary directory, never installed).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import gzip
+import hashlib
+import io
+import ipaddress
+import json
+import lzma
+import os
+import re
+import shutil
+import stat
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import lab
+
+CACHE_DIR = Path("/var/cache/kvmhooks-lab")
+KERNEL_METAPACKAGE = "linux-image-cloud-amd64"
+BUSYBOX_PACKAGE = "busybox-static"
+
+#: Modules /init loads, in this order (dependencies found in the modules'
+#: own ``depends=`` are added in front; built-in ones are skipped).
+MODULES = (
+    "virtio_ring",
+    "virtio",
+    "virtio_pci_modern_dev",
+    "virtio_pci_legacy_dev",
+    "virtio_pci",
+    "failover",
+    "net_failover",
+    "virtio_net",
+)
+
+#: ``console=ttyS0`` keeps panics visible; ``quiet`` and ``loglevel=3`` keep
+#: the rest of the kernel off the serial log; ``panic=-1`` reboots at once.
+BASE_CMDLINE = "console=ttyS0 quiet loglevel=3 panic=-1"
+
+#: Bump when the image layout changes in a way the hash below cannot see.
+IMAGE_FORMAT = 1
+
+INIT_SCRIPT = r"""#!/bin/busybox sh
+# kvmhooks lab guest.  Configured by the kernel command line only:
+#   kh.ip=MAC=ADDR/LEN (one per NIC)   kh.ping=ADDR (targets pinged every round)
+/bin/busybox mkdir -p /proc /sys /dev /tmp /run /sbin /usr/bin /usr/sbin
+/bin/busybox --install -s
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+exec </dev/null >/dev/ttyS0 2>&1
+
+read -r kver _ </proc/sys/kernel/osrelease
+echo "KH boot $kver"
+while read -r m; do
+    [ -f "/lib/modules/$m.ko" ] && insmod "/lib/modules/$m.ko"
+done </lib/modules/kh-order
+ip link set lo up
+
+IPS=""
+PINGS=""
+for w in $(cat /proc/cmdline); do
+    case "$w" in
+    kh.ip=*=*)
+        v=${w#kh.ip=}
+        IPS="$IPS $(echo "${v%%=*}" | tr A-F a-f)=${v#*=}" ;;
+    kh.ping=*)
+        PINGS="$PINGS ${w#kh.ping=}" ;;
+    esac
+done
+
+ready=""
+known=""
+while :; do
+    all=1
+    for e in $IPS; do
+        mac=${e%%=*}
+        cidr=${e#*=}
+        have=""
+        for d in /sys/class/net/*; do
+            a=""
+            read -r a 2>/dev/null <"$d/address"
+            [ "$a" = "$mac" ] || continue
+            n=${d##*/}
+            if ip -4 addr show dev "$n" 2>/dev/null | grep -q "inet "; then
+                have=1
+            elif ip addr add "$cidr" dev "$n" && ip link set "$n" up; then
+                echo "KH nic $n $mac up"
+                known="$known $n=$mac"
+                have=1
+            fi
+        done
+        [ -n "$have" ] || all=""
+    done
+    left=""
+    for k in $known; do
+        if [ -e "/sys/class/net/${k%%=*}" ]; then
+            left="$left $k"
+        else
+            echo "KH nic ${k%%=*} ${k#*=} gone"
+        fi
+    done
+    known=$left
+    if [ -z "$ready" ] && [ -n "$all" ]; then
+        echo "KH ready"
+        ready=1
+    fi
+    for t in $PINGS; do
+        (
+            if ping -c 1 -W 1 "$t" >/dev/null 2>&1; then r=ok; else r=fail; fi
+            read -r up _ </proc/uptime
+            echo "KH t=$up ping $t $r"
+        ) &
+    done
+    wait
+    sleep 0.5
+done
+"""
+
+
+# --------------------------------------------------------------------------
+# The image
+
+
+def image_key() -> str:
+    """Hash of everything that goes into the image except the package versions."""
+    h = hashlib.sha256()
+    for part in (str(IMAGE_FORMAT), KERNEL_METAPACKAGE, BUSYBOX_PACKAGE, INIT_SCRIPT, *MODULES):
+        h.update(part.encode())
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def ensure_image() -> tuple[str, str]:
+    """``(kernel_path, initrd_path)`` of the lab guest, built on first use.
+
+    Cached under /var/cache/kvmhooks-lab/guest-<hash of init script, module
+    list, format>/ with an ``info.json`` (kernel version, modules).  Safe to
+    call from several processes at once (a lock file serializes builds)."""
+    target = CACHE_DIR / f"guest-{image_key()}"
+    kernel, initrd = target / "vmlinuz", target / "initrd.gz"
+    if kernel.is_file() and initrd.is_file():
+        return str(kernel), str(initrd)
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    os.chmod(CACHE_DIR, 0o755)
+    with open(CACHE_DIR / ".guest.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (kernel.is_file() and initrd.is_file()):
+            _build_image(target)
+    return str(kernel), str(initrd)
+
+
+def _build_image(target: Path) -> None:
+    work = Path(tempfile.mkdtemp(prefix="build-", dir=CACHE_DIR))
+    try:
+        debs = work / "debs"
+        debs.mkdir()
+        meta = _apt_download(KERNEL_METAPACKAGE, debs)
+        kpkg = _kernel_package(meta)
+        kdeb = _apt_download(kpkg, debs)
+        bdeb = _apt_download(BUSYBOX_PACKAGE, debs)
+        root = work / "root"
+        for deb in (kdeb, bdeb):
+            subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
+
+        moddirs = sorted((root / "lib/modules").iterdir())
+        if len(moddirs) != 1:
+            raise RuntimeError(f"expected one kernel in {kpkg}, found {moddirs}")
+        moddir = moddirs[0]
+        kver = moddir.name
+        vmlinuz = root / "boot" / f"vmlinuz-{kver}"
+        busybox = root / "bin/busybox"
+        modules, builtin = _resolve_modules(moddir, MODULES)
+
+        out = work / "out"
+        out.mkdir()
+        cpio = _Cpio()
+        for d in ("bin", "dev", "lib", "lib/modules", "proc", "sys", "tmp", "run"):
+            cpio.add_dir(d)
+        cpio.add_device("dev/console", 0o600, 5, 1)
+        cpio.add_file("bin/busybox", busybox.read_bytes(), 0o755)
+        cpio.add_file("init", INIT_SCRIPT.encode(), 0o755)
+        for name, path in modules:
+            cpio.add_file(f"lib/modules/{name}.ko", _read_module(path), 0o644)
+        order = "".join(f"{name}\n" for name, _ in modules)
+        cpio.add_file("lib/modules/kh-order", order.encode(), 0o644)
+        (out / "initrd.gz").write_bytes(gzip.compress(cpio.finish(), mtime=0))
+        shutil.copyfile(vmlinuz, out / "vmlinuz")
+        info = {
+            "kernel_package": kpkg,
+            "kernel_version": kver,
+            "busybox_package": bdeb.name,
+            "modules": [name for name, _ in modules],
+            "module_files": [p.name for _, p in modules],
+            "builtin": builtin,
+            "cmdline": BASE_CMDLINE,
+            "key": target.name,
+        }
+        (out / "info.json").write_text(json.dumps(info, indent=2) + "\n")
+        for f in out.iterdir():
+            os.chmod(f, 0o644)
+        os.chmod(out, 0o755)
+        if target.exists():  # a half-finished old attempt
+            shutil.rmtree(target)
+        os.rename(out, target)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _apt_download(package: str, where: Path) -> Path:
+    before = set(where.iterdir())
+    r = subprocess.run(
+        ["apt-get", "download", "-q", "-o", "APT::Sandbox::User=root", package],
+        cwd=where,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    new = [p for p in where.iterdir() if p not in before and p.suffix == ".deb"]
+    if r.returncode != 0 or len(new) != 1:
+        raise RuntimeError(f"apt-get download {package} failed ({r.returncode}): {r.stderr}")
+    return new[0]
+
+
+def _kernel_package(meta_deb: Path) -> str:
+    """The versioned linux-image-*-cloud-amd64 package the metapackage depends on."""
+    depends = subprocess.run(
+        ["dpkg-deb", "-f", str(meta_deb), "Depends"], capture_output=True, text=True, check=True
+    ).stdout
+    for alt in re.split(r"[,|]", depends):
+        name = alt.strip().split(" ")[0]
+        if re.fullmatch(r"linux-image-[0-9].*-cloud-amd64(-unsigned)?", name):
+            return name
+    raise RuntimeError(f"no versioned kernel in Depends of {meta_deb.name}: {depends!r}")
+
+
+_MOD_SUFFIXES = (".ko", ".ko.xz", ".ko.zst", ".ko.gz")
+
+
+def _resolve_modules(moddir: Path, wanted: tuple[str, ...]):
+    """``([(name, path)], [built-in names])`` in load order: each module's
+    ``depends=`` come before it; modules built into the kernel are left out."""
+    files: dict[str, Path] = {}
+    for p in (moddir / "kernel").rglob("*.ko*"):
+        for suffix in _MOD_SUFFIXES:
+            if p.name.endswith(suffix):
+                files[_norm(p.name[: -len(suffix)])] = p
+    builtin_file = moddir / "modules.builtin"
+    builtin = set()
+    if builtin_file.exists():
+        for line in builtin_file.read_text().split():
+            builtin.add(_norm(Path(line).name.split(".ko")[0]))
+    order: list[tuple[str, Path]] = []
+    skipped: list[str] = []
+    seen: set[str] = set()
+
+    def visit(name: str, chain: tuple[str, ...]) -> None:
+        name = _norm(name)
+        if name in seen:
+            return
+        seen.add(name)
+        if name in builtin:
+            skipped.append(name)
+            return
+        if name not in files:
+            raise RuntimeError(
+                f"module {name} (for {' <- '.join(chain) or 'the guest'}) not in {moddir}"
+            )
+        for dep in _module_depends(_read_module(files[name])):
+            visit(dep, (name, *chain))
+        order.append((name, files[name]))
+
+    for name in wanted:
+        visit(name, ())
+    return order, skipped
+
+
+def _norm(name: str) -> str:
+    return name.replace("-", "_")
+
+
+def _module_depends(data: bytes) -> list[str]:
+    m = re.search(rb"(?:^|\0)depends=([^\0]*)\0", data)
+    return [d for d in m.group(1).decode().split(",") if d] if m else []
+
+
+def _read_module(path: Path) -> bytes:
+    """The module's bytes, decompressed (busybox insmod wants a plain .ko)."""
+    data = path.read_bytes()
+    if path.name.endswith(".xz"):
+        return lzma.decompress(data)
+    if path.name.endswith(".gz"):
+        return gzip.decompress(data)
+    if path.name.endswith(".zst"):
+        if not shutil.which("zstd"):
+            raise RuntimeError(f"{path.name} is zstd-compressed; install zstd to unpack it")
+        return subprocess.run(["zstd", "-dc", str(path)], capture_output=True, check=True).stdout
+    return data
+
+
+class _Cpio:
+    """A newc ("070701") cpio archive, built in memory, all owned by root."""
+
+    def __init__(self) -> None:
+        self._buf = io.BytesIO()
+        self._ino = 1
+
+    def _entry(
+        self,
+        name: str,
+        mode: int,
+        data: bytes = b"",
+        rdev: tuple[int, int] = (0, 0),
+        nlink: int = 1,
+    ) -> None:
+        fields = (
+            self._ino,
+            mode,
+            0,
+            0,
+            nlink,
+            0,
+            len(data),
+            0,
+            0,
+            rdev[0],
+            rdev[1],
+            len(name) + 1,
+            0,
+        )
+        self._ino += 1
+        header = b"070701" + b"".join(f"{f:08X}".encode() for f in fields)
+        self._buf.write(header + name.encode() + b"\0")
+        self._pad()
+        self._buf.write(data)
+        self._pad()
+
+    def _pad(self) -> None:
+        self._buf.write(b"\0" * (-self._buf.tell() % 4))
+
+    def add_dir(self, name: str, perm: int = 0o755) -> None:
+        self._entry(name, stat.S_IFDIR | perm, nlink=2)
+
+    def add_file(self, name: str, data: bytes, perm: int) -> None:
+        self._entry(name, stat.S_IFREG | perm, data)
+
+    def add_device(self, name: str, perm: int, major: int, minor: int) -> None:
+        self._entry(name, stat.S_IFCHR | perm, rdev=(major, minor))
+
+    def finish(self) -> bytes:
+        self._entry("TRAILER!!!", 0)
+        self._buf.write(b"\0" * (-self._buf.tell() % 512))
+        return self._buf.getvalue()
+
+
+# --------------------------------------------------------------------------
+# Domains
+
+
+def guest_cmdline(ips: dict[str, str], pings: list[str] | tuple[str, ...] = ()) -> str:
+    """The kernel command line for ``ips`` ({mac: 'addr/len'}) and ``pings``."""
+    parts = [BASE_CMDLINE]
+    for mac, cidr in ips.items():
+        if not re.fullmatch(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}", mac):
+            raise ValueError(f"bad MAC {mac!r}")
+        iface = ipaddress.ip_interface(cidr)
+        if iface.version != 4 or "/" not in cidr:
+            raise ValueError(f"need an IPv4 'addr/len', got {cidr!r}")
+        parts.append(f"kh.ip={mac.lower()}={iface.with_prefixlen}")
+    for addr in pings:
+        parts.append(f"kh.ping={ipaddress.ip_address(addr)}")
+    return " ".join(parts)
+
+
+def guest_domain_xml(
+    name: str,
+    interfaces_xml: str,
+    ips: dict[str, str],
+    pings: list[str] | tuple[str, ...] = (),
+    metadata_xml: str = "",
+    *,
+    serial_path: str | None = None,
+    memory_mib: int = 128,
+) -> str:
+    """lab.minimal_domain_xml for a booting TCG guest (type='qemu') running
+    the lab image with ``ips`` ({mac: 'addr/len'}) and ``pings`` on its
+    command line; serial output goes to ``serial_path`` (default
+    lab.serial_log_path(name), which lab.define removes at cleanup)."""
+    kernel, initrd = ensure_image()
+    return lab.minimal_domain_xml(
+        name,
+        interfaces_xml=interfaces_xml,
+        metadata_xml=metadata_xml,
+        virt_type="qemu",
+        serial_path=serial_path or lab.serial_log_path(name),
+        kernel=kernel,
+        initrd=initrd,
+        cmdline=guest_cmdline(ips, pings),
+        memory_mib=memory_mib,
+    )
+
+
+# --------------------------------------------------------------------------
+# The serial log
+
+
+class SerialLog:
+    """Reads the guest's serial log file (which may not exist yet).
+
+    ``offset()`` marks a moment; ``wait_for_line(regex, timeout,
+    after_offset=mark)`` then only looks at lines that began after it.  Only
+    complete lines count.  Note that a ping that was in flight at the mark
+    reports after it: wait for a ``fail`` first, or for two ``ok`` lines
+    (:meth:`wait_for_lines`), when that matters."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    def read(self) -> bytes:
+        try:
+            return self.path.read_bytes()
+        except FileNotFoundError:
+            return b""
+
+    def offset(self) -> int:
+        """The current end of the log (bytes)."""
+        try:
+            return self.path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def lines(self, after_offset: int | None = None) -> list[str]:
+        """Complete lines (without the newline) that began at or after ``after_offset``."""
+        data = self.read()
+        start = after_offset or 0
+        if start > len(data):  # the file was truncated (domain restarted)
+            start = 0
+        if start > 0 and data[start - 1 : start] != b"\n":
+            nl = data.find(b"\n", start)
+            start = len(data) if nl < 0 else nl + 1
+        end = data.rfind(b"\n") + 1
+        if end <= start:
+            return []
+        text = data[start:end].decode("utf-8", "replace")
+        return [line.rstrip("\r") for line in text.split("\n")[:-1]]
+
+    def wait_for_lines(
+        self,
+        regex: str | re.Pattern[str],
+        timeout: float,
+        after_offset: int | None = None,
+        count: int = 1,
+    ) -> list[re.Match[str]]:
+        """Wait until ``count`` lines match ``regex`` (``re.search``); return their matches."""
+        pattern = re.compile(regex)
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [m for m in map(pattern.search, self.lines(after_offset)) if m]
+            if len(found) >= count:
+                return found[:count]
+            if time.monotonic() >= deadline:
+                tail = "\n".join(self.lines()[-15:])
+                raise TimeoutError(
+                    f"{self.path}: no{'' if count == 1 else f' {count} lines'} "
+                    f"/{pattern.pattern}/ after offset {after_offset or 0} within {timeout}s; "
+                    f"last lines:\n{tail}"
+                )
+            time.sleep(0.1)
+
+    def wait_for_line(
+        self, regex: str | re.Pattern[str], timeout: float, after_offset: int | None = None
+    ) -> re.Match[str]:
+        """The first line after ``after_offset`` that matches ``regex``
+        (``re.search``); TimeoutError, with the log's tail, if none comes."""
+        return self.wait_for_lines(regex, timeout, after_offset)[0]
+
+
+def wait_ready(
+    serial: SerialLog | str, timeout: float = 60, after_offset: int | None = None
+) -> re.Match[str]:
+    """Wait for ``KH ready`` (all configured NICs have their addresses)."""
+    if not isinstance(serial, SerialLog):
+        serial = SerialLog(serial)
+    return serial.wait_for_line(r"^KH ready$", timeout, after_offset)
+
+
+def ping_line(addr: str, ok: bool = True) -> str:
+    """Regex for the guest's ping report about ``addr``."""
+    return rf"^KH t=[0-9.]+ ping {re.escape(addr)} {'ok' if ok else 'fail'}$"
