@@ -58,8 +58,8 @@ def apply(actions: Iterable[Action], backend, context: str) -> list[Action]:
         try:
             run_action(action, backend)
         except Exception as error:  # whatever failed, what was done must be undone
+            # The caller logs the ApplyError at the severity its situation calls for.
             undo_failures = undo(done, backend, context)
-            log.error("%s: %s failed: %s", context, action.describe(), error)
             raise ApplyError(action.describe(), str(error), tuple(undo_failures)) from None
         log.info("%s: %s", context, action.describe())
         done.append(action)

@@ -64,6 +64,17 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("file", nargs="?")
     check.set_defaults(run=cmd_check_config)
 
+    nic_event = commands.add_parser("nic-event", help="what the udev rule runs for a NIC")
+    nic_event.add_argument("event", nargs="+", metavar="ACTION IFNAME",
+                           help="add, move or remove, and the interface name (or the "
+                                "systemd instance ACTION:IFNAME[:SEQNUM])")
+    nic_event.add_argument("--detach", action="store_true",
+                           help="return at once and work in a detached process")
+    nic_event.set_defaults(run=cmd_nic_event)
+
+    watch = commands.add_parser("watch", help="handle NIC events from a udev monitor")
+    watch.set_defaults(run=cmd_watch)
+
     install = commands.add_parser("install", help="install the hook shims (non-RPM install)")
     install.add_argument("--root", default="/")
     install.set_defaults(run=cmd_install)
@@ -85,8 +96,30 @@ def cmd_install(args) -> int:
     return 0
 
 
+def cmd_nic_event(args) -> int:
+    from .names import ifname_problem
+    from .nic import detach_and_handle, handle
+    words = args.event[0].split(":") if len(args.event) == 1 else args.event
+    if len(words) not in (2, 3) or words[0] not in ("add", "move", "remove"):
+        raise UsageError("nic-event takes ACTION IFNAME (ACTION: add, move or remove)")
+    action, ifname = words[0], words[1]
+    if problem := ifname_problem(ifname):
+        raise UsageError(f"nic-event: interface name {problem}")
+    if args.detach:
+        detach_and_handle(action, ifname)
+        return 0
+    for line in handle(action, ifname):
+        print(line)
+    return 0
+
+
+def cmd_watch(args) -> int:
+    from .nic import watch
+    watch()
+    return 0
+
+
 def cmd_explain(args) -> int:
-    config = config_module.load()
     if args.xml:
         try:
             with open(args.xml, "rb") as stream:
@@ -99,12 +132,12 @@ def cmd_explain(args) -> int:
         with Libvirt() as virt:
             domain = engine.read_domain(virt.definition(virt.domain(args.domain)),
                                         args.domain)[1]
-    plan = engine.explain(domain, config)
+    if not domain.tagged and not args.json:
+        print(f"domain {domain.name}: no kvmhooks metadata; nothing to do")
+        return 0
+    plan = engine.explain(domain, config_module.load())
     if args.json:
         print(json.dumps(plan.as_dict(), indent=2))
-        return 0
-    if not domain.tagged:
-        print(f"domain {domain.name}: no kvmhooks metadata; nothing to do")
         return 0
     print(f"domain {domain.name} on this host:")
     for resolution in plan.resolutions:
@@ -206,7 +239,7 @@ def _apply_domain(virt, dom, config) -> list[str]:
         else:
             for target in new.findall("target"):
                 new.remove(target)
-            virt.replug(dom, serialize(old), serialize(new))
+            virt.replug(dom, source.mac, serialize(old), serialize(new))
         lines.append(f"domain {name}: running guest: {source.describe()}")
     return lines
 

@@ -94,6 +94,12 @@ def load(path: str | None = None) -> Config:
     return parse(data, path)
 
 
+def load_if_present(path: str | None = None) -> Config | None:
+    """The config, or None where the host has none (kvmhooks is not set up there)."""
+    path = path or config_path()
+    return load(path) if os.path.lexists(path) else None
+
+
 def parse(data: bytes, path: str) -> Config:
     try:
         text = data.decode("utf-8")

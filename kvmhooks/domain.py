@@ -70,6 +70,7 @@ class Domain:
     name: str
     uuid: str
     tagged: tuple[TaggedInterface, ...]
+    unplugged: tuple[Attachment, ...] = ()  # live XML only: entries with no interface now
 
 
 def parse_domain(xml: bytes | str, name_hint: str = "?") -> Domain:
@@ -81,22 +82,27 @@ def parse_domain(xml: bytes | str, name_hint: str = "?") -> Domain:
     return domain_from_tree(root, name_hint)
 
 
-def domain_from_tree(root: etree._Element, name_hint: str = "?") -> Domain:
+def domain_from_tree(root: etree._Element, name_hint: str = "?", live: bool = False) -> Domain:
+    """live: root is a running guest's XML, where an interface may be unplugged for now
+    (between the detach and the attach of a re-plug); it is listed, not refused."""
     if root.tag != "domain":
         raise MetadataError(name_hint, f"root element is <{root.tag}>, not <domain>")
     name = (root.findtext("name") or "").strip() or name_hint
     uuid = (root.findtext("uuid") or "").strip()
     attachments = parse_metadata(root, name)
     devices = device_interfaces(root, name)
-    tagged = []
+    tagged, unplugged = [], []
     for attachment in attachments:
         device = devices.get(attachment.mac)
+        if device is None and live:
+            unplugged.append(attachment)
+            continue
         if device is None:
             raise MetadataError(name, "no <interface> in <devices> has this MAC",
                                 attachment.mac)
         tagged.append(TaggedInterface(attachment, device))
         check_form(name, tagged[-1])
-    return Domain(name=name, uuid=uuid, tagged=tuple(tagged))
+    return Domain(name=name, uuid=uuid, tagged=tuple(tagged), unplugged=tuple(unplugged))
 
 
 def metadata_elements(root: etree._Element) -> list[etree._Element]:

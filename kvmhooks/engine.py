@@ -17,9 +17,12 @@ from .domain import Domain, domain_from_tree
 from .errors import MetadataError, SourceMismatch
 from .inventory import Inventory
 from .netlink import Netlink
+from .network import NetworkDef
 from .planner import (
     Plan,
     current_source,
+    plan_network_start,
+    plan_network_stop,
     plan_prepare,
     plan_release,
     plan_repair,
@@ -108,3 +111,23 @@ def rewrite_for_host(xml: bytes, name_hint: str) -> bytes:
     for source in plan.sources:
         log.info("domain %s: %s", domain.name, source.describe())
     return serialize(write_sources(root, plan.sources)).encode("utf-8")
+
+
+def network_start(network: NetworkDef, call: str) -> Plan | None:
+    """Before a libvirt network named in the config starts: its devices, or a refusal."""
+    config = config_module.load_if_present()
+    if config is None or network.name not in config.networks:
+        return None
+    with state.host_lock(), Netlink() as netlink:
+        plan = plan_network_start(network, config, scan(netlink, config))
+        apply(plan.actions, netlink, f"network {network.name} {call}")
+    return plan
+
+
+def network_stopped(network: NetworkDef, call: str) -> list[str]:
+    """After a network stopped: remove what kvmhooks created for it."""
+    if config_module.load_if_present() is None:
+        return []
+    with state.host_lock(), Netlink() as netlink:
+        plan = plan_network_stop(network.name, netlink.inventory())
+        return apply_best_effort(plan.actions, netlink, f"network {network.name} {call}")

@@ -72,6 +72,10 @@ class ForeignDevice(KvmhooksError):
         super().__init__(f"device {name}: {why}; kvmhooks leaves devices without its mark alone")
 
 
+class NetworkRefused(BadInput):
+    """A libvirt network definition that cannot work on this host."""
+
+
 class HostError(KvmhooksError):
     """The kernel or libvirt refused a change."""
 

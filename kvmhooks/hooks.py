@@ -42,6 +42,42 @@ def qemu_main(argv: list[str], stdin=None, stdout=None) -> int:
     return _run_engine(name, operation, data, stdout)
 
 
+NETWORK_OPERATIONS = frozenset({"start", "stopped"})
+
+
+def network_main(argv: list[str], stdin=None) -> int:
+    """argv without the program name: NETWORK OPERATION SUB-OPERATION EXTRA, with
+    <hookData><network>...</network></hookData> on stdin."""
+    if len(argv) < 2:
+        _say("usage: network NETWORK OPERATION SUB-OPERATION EXTRA (as libvirt calls it)")
+        return 2
+    name, operation = argv[0], argv[1]
+    if operation not in NETWORK_OPERATIONS:
+        return 0
+    from .errors import KvmhooksError
+    from .logsetup import setup
+    log = setup(to_stderr=False)
+    call = f"network {operation}"
+    try:
+        from . import engine
+        from .network import parse_hook_data
+        network = parse_hook_data((stdin or sys.stdin.buffer).read(), name)
+        if operation == "start":
+            engine.network_start(network, call)
+        else:
+            for failure in engine.network_stopped(network, call):
+                _say(f"network {name}: {call}: {failure}")
+        return 0
+    except KvmhooksError as error:
+        log.error("%s: %s", call, error)
+        _say(str(error))
+        return 0 if operation == "stopped" else error.exit_status
+    except Exception as error:  # the one catch-all of this entry point
+        log.exception("%s: network %s: internal error", call, name)
+        _say(f"network {name}: internal error in {call}: {type(error).__name__}: {error}")
+        return 0 if operation == "stopped" else 1
+
+
 def _has_record(data: bytes) -> bool:
     """Whether kvmhooks built something for this domain (its metadata may be gone)."""
     from .config import state_dir

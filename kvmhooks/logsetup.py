@@ -17,10 +17,14 @@ def setup(to_stderr: bool) -> logging.Logger:
     # which a hook must keep for its one error line.
     logger.addHandler(logging.NullHandler())
     if os.path.exists(SYSLOG_SOCKET):
-        handler = logging.handlers.SysLogHandler(
-            address=SYSLOG_SOCKET, facility=logging.handlers.SysLogHandler.LOG_DAEMON)
-        handler.setFormatter(logging.Formatter("kvmhooks[%(process)d]: %(message)s"))
-        logger.addHandler(handler)
+        try:
+            handler = logging.handlers.SysLogHandler(
+                address=SYSLOG_SOCKET, facility=logging.handlers.SysLogHandler.LOG_DAEMON)
+        except OSError:  # a socket nobody listens on: no syslog, and no reason to fail
+            handler = None
+        if handler is not None:
+            handler.setFormatter(logging.Formatter("kvmhooks[%(process)d]: %(message)s"))
+            logger.addHandler(handler)
     if to_stderr:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("kvmhooks: %(message)s"))

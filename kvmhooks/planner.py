@@ -27,9 +27,18 @@ from .actions import (
 )
 from .config import Config, Uplink
 from .domain import Domain, TaggedInterface
-from .errors import ForeignDevice, HostError, MetadataError, NicAbsent, NotAllowed
+from .errors import (
+    ForeignDevice,
+    HostError,
+    KvmhooksError,
+    MetadataError,
+    NetworkRefused,
+    NicAbsent,
+    NotAllowed,
+)
 from .inventory import LOWER_KINDS, Inventory, Link
-from .names import bridge_mark, guest_mark, shim_mark
+from .names import MARK_PREFIX, bridge_mark, guest_mark, network_mark, shim_mark
+from .network import NetworkDef
 
 # Kinds that are never an uplink's NIC when we look it up by MAC or udev path: they
 # copy or borrow a NIC's MAC (a VLAN, a bond's ports) or are guests' devices.
@@ -212,6 +221,137 @@ def plan_repair(domain: Domain, config: Config, inventory: Inventory) -> Plan:
                 resolutions=tuple(resolutions.values()))
 
 
+@dataclass(frozen=True)
+class Replug:
+    """A running guest's interface whose macvtap died with its NIC: only a live detach
+    and attach through libvirt brings the guest back (qemu's descriptor died too)."""
+
+    mac: str
+    source: WriteSource | None  # native: attach with this source; hook-owned: None
+    detach: bool = True  # False: the interface is unplugged already, attach only
+
+
+def resolve_affected(config: Config, inventory: Inventory, ifname: str) -> list[Resolution]:
+    """The uplinks whose NIC is ifname on this host now."""
+    found = []
+    for uplink in config.uplinks.values():
+        try:
+            resolution = resolve(uplink, inventory)
+        except KvmhooksError:
+            continue
+        if resolution.nic == ifname:
+            found.append(resolution)
+    return found
+
+
+def plan_uplinks(resolutions: list[Resolution], config: Config, inventory: Inventory) -> Plan:
+    """The shared devices of these uplinks: bridge, enslaved NIC, NIC up, shim."""
+    planner = _DevicePlanner(inventory)
+    for resolution in resolutions:
+        planner.uplink(config.uplinks[resolution.uplink], resolution)
+    return Plan("-", "", tuple(planner.actions), resolutions=tuple(resolutions))
+
+
+def plan_reconnect(domain: Domain, resolutions: list[Resolution], config: Config,
+                   inventory: Inventory, unplugged: frozenset[str] = frozenset()
+                   ) -> tuple[Plan, tuple[Replug, ...]]:
+    """For a running guest after its uplink's NIC came back: taps back on their bridge,
+    and the interfaces whose macvtap is gone rebuilt (hook-owned) and re-plugged.
+
+    unplugged: MACs of interfaces the guest does not have now (a re-plug cut short);
+    domain holds them as its persistent definition describes them."""
+    planner = _DevicePlanner(inventory)
+    by_uplink = {resolution.uplink: resolution for resolution in resolutions}
+    replugs = []
+    for tagged in domain.tagged:
+        resolution = by_uplink.get(tagged.attachment.uplink)
+        if resolution is None:
+            continue
+        uplink_for(tagged, domain, config)  # the allowlist holds on this path too
+        if tagged.attachment.kind == "bridge":
+            planner.reenslave_tap(tagged.device.target_dev, resolution.bridge,
+                                  hook_owned_only=False)
+            continue
+        device = inventory.by_name(tagged.device.target_dev or "")
+        lower = inventory.by_name(resolution.lower)
+        plugged = tagged.mac not in unplugged
+        if (plugged and device is not None and device.kind == "macvtap" and lower is not None
+                and device.parent == lower.index):
+            continue
+        if tagged.hook_owned:
+            planner.hook_owned(domain, tagged, resolution)
+            replugs.append(Replug(tagged.mac, None, plugged))
+        else:
+            replugs.append(Replug(tagged.mac, wanted_source(tagged, resolution), plugged))
+    return (Plan(domain.name, domain.uuid, tuple(planner.actions),
+                 resolutions=tuple(resolutions)), tuple(replugs))
+
+
+MACVTAP_FORWARD_MODES = ("bridge", "private", "vepa", "passthrough")
+
+
+def plan_network_start(network: NetworkDef, config: Config, inventory: Inventory) -> Plan:
+    """What a libvirt network named in the config needs before it starts, or a refusal
+    that says why its definition cannot work on this host."""
+    entry = config.networks[network.name]
+    uplink = config.uplinks[entry.uplink]
+    resolution = resolve(uplink, inventory)
+    subject = f"network {network.name}"
+    if network.forward_mode == "bridge" and network.bridge:
+        if not uplink.bridge:
+            raise NetworkRefused(f"{subject}: forward mode bridge on bridge {network.bridge}, "
+                                 f"but uplink '{uplink.name}' has no bridge in {config.path}; "
+                                 f"set bridge = \"{network.bridge}\" there")
+        if network.bridge != uplink.bridge:
+            raise NetworkRefused(f"{subject}: bridge {network.bridge} is not uplink "
+                                 f"'{uplink.name}' bridge {uplink.bridge}; use "
+                                 f"<bridge name='{uplink.bridge}'/>")
+    elif network.forward_mode in MACVTAP_FORWARD_MODES:
+        for dev in network.forward_devs:
+            _check_forward_dev(subject, dev, resolution, inventory)
+    planner = _DevicePlanner(inventory, bridge_mark=network_mark(network.name))
+    planner.uplink(uplink, resolution)
+    return Plan(network.name, "", tuple(planner.actions), resolutions=(resolution,))
+
+
+def _check_forward_dev(subject: str, dev: str, resolution: Resolution,
+                       inventory: Inventory) -> None:
+    link = inventory.by_name(dev)
+    lower = resolution.lower
+    if link is None:
+        raise NetworkRefused(f"{subject}: forward interface {dev} does not exist on this "
+                             f"host; use <interface dev='{lower}'/>")
+    if link.kind in LOWER_KINDS:
+        raise NetworkRefused(f"{subject}: forward interface {dev} is itself a {link.kind} "
+                             "device, and libvirt puts a macvtap on each forward interface; "
+                             f"name the physical NIC instead: <interface dev='{lower}'/>")
+    master = inventory.by_index(link.master)
+    if master is not None:
+        raise NetworkRefused(f"{subject}: forward interface {dev} is a port of bridge "
+                             f"{master.name}, and the kernel refuses a macvtap on a bridge "
+                             f"port; use <interface dev='{master.name}'/>")
+
+
+def plan_network_stop(network_name: str, inventory: Inventory) -> Plan:
+    """Undo what the network hook built: a bridge it created goes, once nothing but its
+    NIC and shim hang on it, and the NIC gets its addresses and routes back."""
+    actions: list[Action] = []
+    for bridge in inventory.marked_with(network_mark(network_name)):
+        ports = inventory.ports(bridge)
+        nics = [port for port in ports if port.kind not in ("tun", *LOWER_KINDS)]
+        children = [c for c in inventory.children(bridge) if not c.alias or
+                    not c.alias.startswith(MARK_PREFIX + "shim:")]
+        if len(nics) > 1 or len(ports) > len(nics) or children:
+            continue  # guests still use it: it stays until they are gone
+        if nics:
+            nic = nics[0].name
+            actions += [AddAddress(nic, address) for address in bridge.addresses]
+            actions += [MoveRoute(route, bridge.name, nic) for route in bridge.routes]
+            actions.append(SetMaster(nic, None, bridge.name))
+        actions.append(DeleteLink(bridge.name, f"network {network_name} stopped"))
+    return Plan(network_name, "", tuple(actions))
+
+
 def plan_release(domain_name: str, domain_uuid: str, inventory: Inventory) -> Plan:
     """Remove the per-guest devices kvmhooks made for this domain; shared ones stay."""
     actions = tuple(DeleteLink(link.name, f"guest {domain_name} stopped")
@@ -222,8 +362,9 @@ def plan_release(domain_name: str, domain_uuid: str, inventory: Inventory) -> Pl
 class _DevicePlanner:
     """Accumulates actions; remembers what it already planned so nothing is doubled."""
 
-    def __init__(self, inventory: Inventory):
+    def __init__(self, inventory: Inventory, bridge_mark: str | None = None):
         self.inventory = inventory
+        self.bridge_mark = bridge_mark  # None: the uplink's own mark
         self.actions: list[Action] = []
         self.planned_links: set[str] = set()
         self.deleted_links: set[str] = set()
@@ -246,7 +387,8 @@ class _DevicePlanner:
     def bridge(self, uplink: Uplink, name: str, nic: Link) -> None:
         bridge = self.inventory.by_name(name)
         if bridge is None:
-            self.actions.append(CreateBridge(name, nic.mac, bridge_mark(uplink.name)))
+            mark = self.bridge_mark or bridge_mark(uplink.name)
+            self.actions.append(CreateBridge(name, nic.mac, mark))
             self.planned_links.add(name)
         elif bridge.kind != "bridge":
             raise ForeignDevice(name, f"exists and is a {bridge.kind or 'plain'} device, "
@@ -332,9 +474,11 @@ class _DevicePlanner:
         return (link.kind == "macvtap" and link.mac == create.mac and parent is not None
                 and link.parent == parent.index and link.mode == create.mode)
 
-    def reenslave_tap(self, name: str, bridge: str) -> None:
-        tap = self.inventory.by_name(name)
-        if tap is None or not tap.marked or tap.kind != "tun":
+    def reenslave_tap(self, name: str | None, bridge: str, hook_owned_only: bool = True):
+        """Put a guest's tap back on its bridge; libvirt's own taps of tagged guests too
+        when asked (after a NIC event, the bridge itself may have been rebuilt)."""
+        tap = self.inventory.by_name(name) if name else None
+        if tap is None or tap.kind != "tun" or (hook_owned_only and not tap.marked):
             return
         bridge_link = self.inventory.by_name(bridge)
         if bridge_link is None or tap.master != bridge_link.index:

@@ -38,6 +38,30 @@ def host_lock():
         os.close(fd)
 
 
+@contextlib.contextmanager
+def nic_event_lock(ifname: str):
+    """The host lock for a NIC event handler, collapsing bursts: while one handler for
+    ifname waits for the host lock, later ones for the same NIC leave at once (yielding
+    False), since the waiting one will look at the host after their event happened."""
+    if not ifname or "/" in ifname or ifname.startswith("."):
+        raise HostError(f"interface name '{ifname}' cannot name a state file")
+    gate = os.open(os.path.join(_directory("pending"), f"{ifname}.lock"),
+                   os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        try:
+            fcntl.flock(gate, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        with host_lock():
+            os.close(gate)
+            gate = -1
+            yield True
+    finally:
+        if gate >= 0:
+            os.close(gate)
+
+
 def _record_path(uuid: str) -> str:
     if not uuid or "/" in uuid or uuid.startswith("."):
         raise HostError(f"domain UUID '{uuid}' cannot name a state file")

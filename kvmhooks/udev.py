@@ -11,3 +11,12 @@ def id_paths() -> dict[str, str]:
     return {device.sys_name: device.properties["ID_PATH"]
             for device in context.list_devices(subsystem="net")
             if "ID_PATH" in device.properties}
+
+
+def net_events():
+    """(action, interface name, DEVTYPE) for every udev event on a network device."""
+    context = pyudev.Context()
+    monitor = pyudev.Monitor.from_netlink(context)
+    monitor.filter_by("net")
+    for device in iter(monitor.poll, None):
+        yield device.action, device.sys_name, device.get("DEVTYPE")

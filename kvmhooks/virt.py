@@ -3,11 +3,14 @@ for its hooks, and a hook calling back into it deadlocks."""
 
 from __future__ import annotations
 
+import time
+
 import libvirt
 
 from .errors import HostError, UsageError
 
 DEFAULT_URI = "qemu:///system"
+DETACH_TIMEOUT = 20.0
 
 
 def _quiet(_context, _error) -> None:
@@ -62,11 +65,25 @@ class Libvirt:
         self._do(dom.name(), "update interface",
                  lambda: dom.updateDeviceFlags(interface_xml, libvirt.VIR_DOMAIN_AFFECT_LIVE))
 
-    def replug(self, dom: libvirt.virDomain, old_xml: str, new_xml: str) -> None:
-        """Live detach and attach: the guest sees its NIC unplugged and plugged again."""
+    def replug(self, dom: libvirt.virDomain, mac: str, old_xml: str | None, new_xml: str,
+               timeout: float = DETACH_TIMEOUT) -> None:
+        """Live detach (unless old_xml is None) and attach: the guest sees its NIC
+        unplugged and plugged again.
+
+        libvirt returns from a detach once the guest was asked; the guest ejects the
+        device (ACPI) a moment later, and only then can it be attached again."""
         live = libvirt.VIR_DOMAIN_AFFECT_LIVE
-        self._do(dom.name(), "detach interface", lambda: dom.detachDeviceFlags(old_xml, live))
-        self._do(dom.name(), "attach interface", lambda: dom.attachDeviceFlags(new_xml, live))
+        if old_xml is not None:
+            self._do(dom.name(), f"detach interface {mac}",
+                     lambda: dom.detachDeviceFlags(old_xml, live))
+        deadline = time.monotonic() + timeout
+        while f"'{mac}'" in dom.XMLDesc(0).lower():
+            if time.monotonic() > deadline:
+                raise HostError(f"domain {dom.name()} interface {mac}: the guest did not "
+                                f"release the interface within {timeout:.0f} s of the detach")
+            time.sleep(0.1)
+        self._do(dom.name(), f"attach interface {mac}",
+                 lambda: dom.attachDeviceFlags(new_xml, live))
 
     @staticmethod
     def _do(name: str, what: str, call) -> None:

@@ -51,3 +51,31 @@ def test_install_leaves_an_administrators_own_qemu_hook_alone(tmp_path):
 
 def test_repo_hook_is_the_generated_shim():
     assert (REPO / "hooks" / "qemu").read_text() == install.hook_shim("qemu", "/usr/bin/python3")
+
+
+def test_source_tree_files_are_the_rpm_rendering():
+    # hooks/, udev/ and packaging/ hold what the RPM installs; `install` renders the same
+    # templates for the Python that runs it.
+    rendered = {item.path: item.text for item in install.planned_files(
+        install.RPM_INTERPRETER, install.RPM_COMMAND)}
+    tree = {
+        "etc/libvirt/hooks/qemu.d/kvmhooks": REPO / "hooks" / "qemu",
+        "etc/libvirt/hooks/network.d/kvmhooks": REPO / "hooks" / "network",
+        install.RULE_PATH: REPO / "udev" / "90-kvmhooks.rules",
+        install.UNIT_PATH: REPO / "packaging" / "kvmhooks-nic@.service",
+        install.LINK_PATH: REPO / "packaging" / "10-kvmhooks.link",
+    }
+    assert set(tree) == set(rendered)
+    for path, source in tree.items():
+        assert source.read_text() == rendered[path], path
+
+
+def test_install_renders_commands_for_its_interpreter(tmp_path):
+    install.install(root=str(tmp_path), interpreter="/opt/venv/bin/python")
+    rule = (tmp_path / install.RULE_PATH).read_text()
+    assert 'RUN+="/opt/venv/bin/python -I -m kvmhooks nic-event --detach' in rule
+    unit = (tmp_path / install.UNIT_PATH).read_text()
+    assert "ExecStart=/opt/venv/bin/python -I -m kvmhooks nic-event %I" in unit
+    network = tmp_path / "etc/libvirt/hooks/network.d/kvmhooks"
+    assert network.read_text().startswith("#!/opt/venv/bin/python -I\n")
+    assert network.stat().st_mode & 0o777 == 0o755

@@ -1,0 +1,219 @@
+"""NIC events: when a NIC appears, is renamed or goes away, bring back everything built
+on it; run by the udev rule (through kvmhooks-nic@.service, or detached where systemd
+does not run) and by `kvmhooks watch`.
+
+This runs outside any hook, so it may call libvirt: a guest whose macvtap died with its
+NIC only comes back through a live detach and attach of its interface.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from dataclasses import dataclass, replace
+
+from . import config as config_module
+from . import engine, state
+from .apply import apply
+from .domain import Domain, domain_from_tree
+from .errors import KvmhooksError
+from .netlink import Netlink
+from .planner import plan_reconnect, plan_uplinks, resolve, resolve_affected
+from .rewrite import apply_source, find_interface
+from .xmlsafe import UnsafeXml, parse, serialize
+
+log = logging.getLogger("kvmhooks")
+
+# Devices that are never an uplink's NIC: kvmhooks' own (kh*), libvirt's taps and
+# macvtaps, bridges. Handling them would only make events out of our own work.
+IGNORED_PREFIXES = ("kh", "vnet", "macvtap", "virbr", "lo")
+IGNORED_DEVTYPES = ("bridge", "macvlan", "macvtap", "tap", "vlan", "wlan")
+
+
+def is_candidate(ifname: str, devtype: str | None) -> bool:
+    """Whether a udev event on this interface can concern an uplink (the rule file
+    applies the same filter before it starts anything)."""
+    return bool(ifname) and not ifname.startswith(IGNORED_PREFIXES) and \
+        devtype not in IGNORED_DEVTYPES
+
+
+def handle(action: str, ifname: str) -> list[str]:
+    """Converge on the host as it is now (the action only names the trigger): a burst
+    of add and remove events ends in the state the last one left."""
+    config = config_module.load_if_present()
+    if config is None:
+        return []
+    with state.nic_event_lock(ifname) as mine:
+        if not mine:
+            return [f"NIC {ifname} {action}: another handler for {ifname} is waiting; "
+                    "it will see this event"]
+        with Netlink() as netlink:
+            inventory = engine.scan(netlink, config)
+            if inventory.by_name(ifname) is None:
+                lost = _lost_uplinks(ifname, config, inventory)
+                return _losses(ifname, action, lost) if lost else []
+            affected = resolve_affected(config, inventory, ifname)
+            if not affected:
+                return []
+            return _reconnect(ifname, action, config, netlink, affected)
+
+
+def _lost_uplinks(ifname, config, inventory) -> set[str]:
+    """Uplinks whose NIC was ifname: named so, or named by MAC or path and now absent."""
+    lost = set()
+    for uplink in config.uplinks.values():
+        if uplink.nic is not None and uplink.nic != ifname:
+            continue
+        try:
+            resolve(uplink, inventory)
+        except KvmhooksError:
+            lost.add(uplink.name)
+    return lost
+
+
+@dataclass(frozen=True)
+class RunningGuest:
+    dom: object  # libvirt.virDomain
+    domain: Domain  # with unplugged interfaces as the persistent definition has them
+    roots: dict  # MAC -> the XML tree that holds its <interface> (live or definition)
+    unplugged: frozenset
+
+
+def _running_tagged(virt) -> list[RunningGuest]:
+    found = []
+    for dom in virt.domains():
+        if not virt.running(dom):
+            continue
+        try:
+            live_root = parse(virt.live(dom))
+            domain = domain_from_tree(live_root, dom.name(), live=True)
+            roots = {tagged.mac: live_root for tagged in domain.tagged}
+            unplugged = frozenset(attachment.mac for attachment in domain.unplugged)
+            if unplugged:
+                definition_root = parse(virt.definition(dom))
+                definition = domain_from_tree(definition_root, dom.name())
+                extra = tuple(t for t in definition.tagged if t.mac in unplugged)
+                domain = replace(domain, tagged=domain.tagged + extra, unplugged=())
+                roots.update({tagged.mac: definition_root for tagged in extra})
+        except (KvmhooksError, UnsafeXml) as error:
+            log.warning("domain %s: %s", dom.name(), error)
+            continue
+        if domain.tagged:
+            found.append(RunningGuest(dom, domain, roots, unplugged))
+    return found
+
+
+def _lost_uplinks(ifname, config, inventory) -> set[str]:
+    """Uplinks whose NIC was ifname: named so, or named by MAC or path and now absent."""
+    lost = set()
+    for uplink in config.uplinks.values():
+        if uplink.nic is not None and uplink.nic != ifname:
+            continue
+        try:
+            resolve(uplink, inventory)
+        except KvmhooksError:
+            lost.add(uplink.name)
+    return lost
+
+
+
+def _losses(ifname, action, lost) -> list[str]:
+    """The NIC is gone: say which guests lost their link."""
+    from .virt import Libvirt
+    lines = []
+    with Libvirt() as virt:
+        for guest in _running_tagged(virt):
+            domain = guest.domain
+            for tagged in domain.tagged:
+                if tagged.attachment.uplink in lost:
+                    line = (f"domain {domain.name} interface {tagged.mac}: lost its link "
+                            f"(uplink '{tagged.attachment.uplink}', NIC {ifname} {action})")
+                    log.warning("%s", line)
+                    lines.append(line)
+    return lines
+
+
+def _reconnect(ifname, action, config, netlink, affected) -> list[str]:
+    from .virt import Libvirt
+    context = f"NIC {ifname} {action}"
+    inventory = engine.scan(netlink, config)
+    shared = plan_uplinks(affected, config, inventory)
+    done = apply(shared.actions, netlink, context)
+    lines = [f"{context}: {step.describe()}" for step in done]
+    inventory = engine.scan(netlink, config)
+    with Libvirt() as virt:
+        for guest in _running_tagged(virt):
+            try:
+                lines += _reconnect_guest(virt, guest, affected, config, netlink, inventory,
+                                          context)
+            except KvmhooksError as error:
+                lines.append(_failed(guest.domain, context, ifname, netlink, error))
+    return lines
+
+
+def _reconnect_guest(virt, guest, affected, config, netlink, inventory, context) -> list[str]:
+    domain = guest.domain
+    plan, replugs = plan_reconnect(domain, affected, config, inventory, guest.unplugged)
+    guest_context = f"domain {domain.name} {context}"
+    done = apply(plan.actions, netlink, guest_context)
+    lines = [f"{guest_context}: {step.describe()}" for step in done]
+    for replug in replugs:
+        old = find_interface(guest.roots[replug.mac], replug.mac)
+        new = copy.deepcopy(old)
+        if replug.source is not None:
+            apply_source(new, replug.source)
+            for target in new.findall("target"):
+                new.remove(target)
+        virt.replug(guest.dom, replug.mac, serialize(old) if replug.detach else None,
+                    serialize(new))
+        line = f"{guest_context}: re-plugged interface {replug.mac}"
+        log.info("%s", line)
+        lines.append(line)
+    return lines
+
+
+def _failed(domain: Domain, context: str, ifname: str, netlink, error) -> str:
+    """A NIC that went away again in the middle is a loss the next event repairs, not
+    an error; anything else is."""
+    if netlink.inventory().by_name(ifname) is None:
+        line = f"domain {domain.name} {context}: NIC {ifname} went away again ({error})"
+        log.warning("%s", line)
+    else:
+        line = f"domain {domain.name} {context}: {error}"
+        log.error("%s", line)
+    return line
+
+
+def detach_and_handle(action: str, ifname: str) -> None:
+    """Return at once (udev must stay fast) and handle the event in a process of its own,
+    for hosts where no systemd runs the kvmhooks-nic@ service."""
+    child = os.fork()
+    if child > 0:
+        os.waitpid(child, 0)  # the first child leaves at once; the grandchild works
+        return
+    try:
+        os.setsid()
+        if os.fork() > 0:
+            os._exit(0)
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        handle(action, ifname)
+    except BaseException:  # noqa: BLE001 - a detached child reports to the log only
+        log.exception("NIC %s %s: handler failed", ifname, action)
+    finally:
+        os._exit(0)
+
+
+def watch() -> None:
+    """The same handler driven by a udev monitor, for hosts without the rule."""
+    from .udev import net_events
+    log.info("watching NIC events")
+    for action, ifname, devtype in net_events():
+        if action in ("add", "move", "remove") and is_candidate(ifname, devtype):
+            try:
+                for line in handle(action, ifname):
+                    log.info("%s", line)
+            except KvmhooksError as error:
+                log.error("NIC %s %s: %s", ifname, action, error)

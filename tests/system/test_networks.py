@@ -1,0 +1,104 @@
+"""The network hook with a real libvirtd: libvirt networks named in the config."""
+
+from __future__ import annotations
+
+import lab
+import pytest
+from helpers import guest_mac, marked_links, uplink_name
+from tagged import Iface, domain_xml
+
+pytestmark = pytest.mark.system
+
+
+def network_xml(name: str, forward: str) -> str:
+    return f"<network><name>{name}</name>{forward}</network>"
+
+
+def start_network(conn, cleanup, xml: str):
+    network = conn.networkDefineXML(xml)
+    name = network.name()
+
+    def remove():
+        import libvirt
+        try:
+            stale = conn.networkLookupByName(name)
+        except libvirt.libvirtError:
+            return
+        if stale.isActive():
+            stale.destroy()
+        stale.undefine()
+
+    cleanup.add(remove, _what=f"remove network {name}")
+    network.create()
+    return network
+
+
+def test_host_bridge_network_gets_its_bridge(libvirt_conn, cleanup, kh_config, stand_in_nic,
+                                             subnet):
+    uplink, bridge, net = uplink_name(), lab.unique_name("ktbr"), lab.unique_name("kt-net-")
+    kh_config(f'[uplink.{uplink}]\nnic = "{stand_in_nic.name}"\nbridge = "{bridge}"\n\n'
+              f'[network.{net}]\nuplink = "{uplink}"\n')
+    lab.delete_link_later(cleanup, bridge)
+    assert not lab.link_exists(bridge)
+    network = start_network(libvirt_conn, cleanup, network_xml(
+        net, f"<forward mode='bridge'/><bridge name='{bridge}'/>"))
+    assert network.isActive()
+    info = lab.link_info(bridge)
+    assert info["kind"] == "bridge" and info["alias"] == f"kvmhooks:network:{net}"
+    assert lab.link_info(stand_in_nic.name)["master"] == bridge
+    assert subnet.addr(1) in info["addresses"]
+
+    mac = guest_mac()
+    dom = lab.define_and_start(libvirt_conn, domain_xml(lab.unique_name("kt-dom-"), [
+        Iface(mac, "network", network=net, native=True)]), cleanup)
+    assert dom.isActive()
+    dom.destroy()
+
+    network.destroy()
+    assert not lab.link_exists(bridge), "kvmhooks created the bridge, so it goes"
+    nic = lab.link_info(stand_in_nic.name)
+    assert nic["master"] is None and subnet.addr(1) in nic["addresses"]
+    assert lab.ping(subnet.ip(2))
+
+
+def test_network_keeps_a_bridge_it_did_not_create(libvirt_conn, cleanup, kh_config,
+                                                  stand_in_nic):
+    uplink, bridge, net = uplink_name(), lab.unique_name("ktbr"), lab.unique_name("kt-net-")
+    lab.create_bridge(bridge, cleanup)
+    kh_config(f'[uplink.{uplink}]\nnic = "{stand_in_nic.name}"\nbridge = "{bridge}"\n\n'
+              f'[network.{net}]\nuplink = "{uplink}"\n')
+    network = start_network(libvirt_conn, cleanup, network_xml(
+        net, f"<forward mode='bridge'/><bridge name='{bridge}'/>"))
+    assert lab.link_info(stand_in_nic.name)["master"] == bridge
+    network.destroy()
+    assert lab.link_exists(bridge)
+    assert bridge not in marked_links()
+
+
+def test_private_network_on_a_macvtap_is_refused(libvirt_conn, cleanup, kh_config,
+                                                 stand_in_nic):
+    uplink, net = uplink_name(), lab.unique_name("kt-net-")
+    handmade = lab.unique_name("ktmvt")
+    lab.create_macvtap(handmade, stand_in_nic.name, cleanup, mode="private")
+    kh_config(f'[uplink.{uplink}]\nnic = "{stand_in_nic.name}"\n\n'
+              f'[network.{net}]\nuplink = "{uplink}"\n')
+    network = libvirt_conn.networkDefineXML(network_xml(
+        net, f"<forward mode='private'><interface dev='{handmade}'/></forward>"))
+    cleanup.add(network.undefine, _what=f"undefine network {net}")
+    with pytest.raises(Exception) as refused:
+        network.create()
+    message = str(refused.value)
+    assert f"network {net}: forward interface {handmade} is itself a macvtap device" in message
+    assert f"name the physical NIC instead: <interface dev='{stand_in_nic.name}'/>" in message
+    assert not network.isActive()
+
+
+def test_networks_not_in_the_config_are_left_alone(libvirt_conn, cleanup, kh_config,
+                                                   stand_in_nic):
+    kh_config(f'[uplink.{uplink_name()}]\nnic = "{stand_in_nic.name}"\n')
+    bridge = lab.unique_name("ktbr")
+    lab.create_bridge(bridge, cleanup)
+    network = start_network(libvirt_conn, cleanup, network_xml(
+        lab.unique_name("kt-net-"), f"<forward mode='bridge'/><bridge name='{bridge}'/>"))
+    assert network.isActive()
+    assert lab.link_info(stand_in_nic.name)["master"] is None
