@@ -11,6 +11,8 @@ import os
 import sys
 from dataclasses import dataclass
 
+from .names import IGNORED_DEVTYPES, IGNORED_NAME_GLOBS
+
 HOOK_ENTRY_POINTS = {"qemu": "qemu_main", "network": "network_main"}
 HOOK_PATH = "etc/libvirt/hooks/{kind}.d/kvmhooks"
 RULE_PATH = "usr/lib/udev/rules.d/90-kvmhooks.rules"
@@ -39,8 +41,8 @@ RULE_TEMPLATE = """\
 # kvmhooks: a NIC that appears, is renamed or goes away -> `kvmhooks nic-event`.
 ACTION!="add|move|remove", GOTO="kvmhooks_end"
 SUBSYSTEM!="net", GOTO="kvmhooks_end"
-KERNEL=="kh*|vnet*|macvtap*|virbr*|lo", GOTO="kvmhooks_end"
-ENV{{DEVTYPE}}=="bridge|vlan", GOTO="kvmhooks_end"
+KERNEL=="{ignored_names}", GOTO="kvmhooks_end"
+ENV{{DEVTYPE}}=="{ignored_devtypes}", GOTO="kvmhooks_end"
 TEST=="/run/systemd/system", \\
   RUN+="{start_service}", \\
   GOTO="kvmhooks_end"
@@ -80,13 +82,18 @@ def hook_shim(kind: str, interpreter: str) -> str:
             f"sys.exit({entry}(sys.argv[1:]))\n")
 
 
+def rule_text(command: str) -> str:
+    return RULE_TEMPLATE.format(command=command, start_service=START_SERVICE,
+                                ignored_names="|".join(IGNORED_NAME_GLOBS),
+                                ignored_devtypes="|".join(IGNORED_DEVTYPES))
+
+
 def planned_files(interpreter: str, command: str) -> list[InstalledFile]:
     """command runs the kvmhooks command line: /usr/bin/kvmhooks, or INTERPRETER -m."""
     hooks = [InstalledFile(HOOK_PATH.format(kind=kind), hook_shim(kind, interpreter), 0o755)
              for kind in HOOK_ENTRY_POINTS]
     return hooks + [
-        InstalledFile(RULE_PATH, RULE_TEMPLATE.format(command=command,
-                                                       start_service=START_SERVICE), 0o644),
+        InstalledFile(RULE_PATH, rule_text(command), 0o644),
         InstalledFile(UNIT_PATH, UNIT_TEMPLATE.format(command=command), 0o644),
         InstalledFile(LINK_PATH, LINK_TEXT, 0o644),
     ]

@@ -7,6 +7,12 @@ import re
 IFNAMSIZ_MAX = 15  # the kernel's IFNAMSIZ (16) less the terminating NUL
 MARK_PREFIX = "kvmhooks:"
 
+# Devices that are never an uplink's NIC: kvmhooks' own (kh*), libvirt's taps and
+# macvtaps, its NAT bridges, loopback, and any bridge or VLAN. NIC events on them are
+# ignored, by the udev rule and by `kvmhooks watch` alike, so our own work makes none.
+IGNORED_NAME_GLOBS = ("kh*", "vnet*", "macvtap*", "virbr*", "lo")
+IGNORED_DEVTYPES = ("bridge", "vlan")
+
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 # The kernel refuses '/', ':' and white space in names (dev_valid_name); we also refuse
 # shell and glob metacharacters so a name is always safe in a log line or a command.

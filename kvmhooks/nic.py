@@ -9,6 +9,7 @@ NIC only comes back through a live detach and attach of its interface.
 from __future__ import annotations
 
 import copy
+import fnmatch
 import logging
 import os
 from dataclasses import dataclass, replace
@@ -18,6 +19,7 @@ from . import engine, state
 from .apply import apply
 from .domain import Domain, domain_from_tree
 from .errors import KvmhooksError
+from .names import IGNORED_DEVTYPES, IGNORED_NAME_GLOBS
 from .netlink import Netlink
 from .planner import plan_reconnect, plan_uplinks, resolve, resolve_affected
 from .rewrite import apply_source, find_interface
@@ -25,17 +27,13 @@ from .xmlsafe import UnsafeXml, parse, serialize
 
 log = logging.getLogger("kvmhooks")
 
-# Devices that are never an uplink's NIC: kvmhooks' own (kh*), libvirt's taps and
-# macvtaps, bridges. Handling them would only make events out of our own work.
-IGNORED_PREFIXES = ("kh", "vnet", "macvtap", "virbr", "lo")
-IGNORED_DEVTYPES = ("bridge", "macvlan", "macvtap", "tap", "vlan", "wlan")
 
 
 def is_candidate(ifname: str, devtype: str | None) -> bool:
     """Whether a udev event on this interface can concern an uplink (the rule file
-    applies the same filter before it starts anything)."""
-    return bool(ifname) and not ifname.startswith(IGNORED_PREFIXES) and \
-        devtype not in IGNORED_DEVTYPES
+    applies the same filter, from the same lists, before it starts anything)."""
+    return bool(ifname) and devtype not in IGNORED_DEVTYPES and \
+        not any(fnmatch.fnmatchcase(ifname, glob) for glob in IGNORED_NAME_GLOBS)
 
 
 def handle(action: str, ifname: str) -> list[str]:
@@ -104,19 +102,6 @@ def _running_tagged(virt) -> list[RunningGuest]:
     return found
 
 
-def _lost_uplinks(ifname, config, inventory) -> set[str]:
-    """Uplinks whose NIC was ifname: named so, or named by MAC or path and now absent."""
-    lost = set()
-    for uplink in config.uplinks.values():
-        if uplink.nic is not None and uplink.nic != ifname:
-            continue
-        try:
-            resolve(uplink, inventory)
-        except KvmhooksError:
-            lost.add(uplink.name)
-    return lost
-
-
 
 def _losses(ifname, action, lost) -> list[str]:
     """The NIC is gone: say which guests lost their link."""
@@ -138,8 +123,10 @@ def _reconnect(ifname, action, config, netlink, affected) -> list[str]:
     from .virt import Libvirt
     context = f"NIC {ifname} {action}"
     inventory = engine.scan(netlink, config)
-    shared = plan_uplinks(affected, config, inventory)
-    done = apply(shared.actions, netlink, context)
+    try:
+        done = apply(plan_uplinks(affected, config, inventory).actions, netlink, context)
+    except KvmhooksError as error:
+        return [_failed(context, ifname, netlink, error)]
     lines = [f"{context}: {step.describe()}" for step in done]
     inventory = engine.scan(netlink, config)
     with Libvirt() as virt:
@@ -148,7 +135,8 @@ def _reconnect(ifname, action, config, netlink, affected) -> list[str]:
                 lines += _reconnect_guest(virt, guest, affected, config, netlink, inventory,
                                           context)
             except KvmhooksError as error:
-                lines.append(_failed(guest.domain, context, ifname, netlink, error))
+                lines.append(_failed(f"domain {guest.domain.name} {context}", ifname,
+                                     netlink, error))
     return lines
 
 
@@ -173,14 +161,14 @@ def _reconnect_guest(virt, guest, affected, config, netlink, inventory, context)
     return lines
 
 
-def _failed(domain: Domain, context: str, ifname: str, netlink, error) -> str:
+def _failed(context: str, ifname: str, netlink, error) -> str:
     """A NIC that went away again in the middle is a loss the next event repairs, not
     an error; anything else is."""
     if netlink.inventory().by_name(ifname) is None:
-        line = f"domain {domain.name} {context}: NIC {ifname} went away again ({error})"
+        line = f"{context}: NIC {ifname} went away again ({error})"
         log.warning("%s", line)
     else:
-        line = f"domain {domain.name} {context}: {error}"
+        line = f"{context}: {error}"
         log.error("%s", line)
     return line
 

@@ -316,15 +316,25 @@ def plan_network_start(network: NetworkDef, config: Config, inventory: Inventory
 
 def _check_forward_dev(subject: str, dev: str, resolution: Resolution,
                        inventory: Inventory) -> None:
-    link = inventory.by_name(dev)
+    """Judge a forward interface by the host this plan leaves: the uplink's bridge will
+    exist, and its NIC will be a bridge port."""
     lower = resolution.lower
+    use = f"<interface dev='{lower}'/>"
+    if dev == resolution.bridge:
+        return
+    if resolution.bridge and dev == resolution.nic:
+        raise NetworkRefused(f"{subject}: forward interface {dev} is a port of bridge "
+                             f"{resolution.bridge} (the NIC of uplink '{resolution.uplink}'), "
+                             f"and the kernel refuses a macvtap on a bridge port; use {use}")
+    link = inventory.by_name(dev)
     if link is None:
         raise NetworkRefused(f"{subject}: forward interface {dev} does not exist on this "
-                             f"host; use <interface dev='{lower}'/>")
+                             f"host; use {use}")
     if link.kind in LOWER_KINDS:
+        what = "the uplink's bridge" if resolution.bridge else "the physical NIC"
         raise NetworkRefused(f"{subject}: forward interface {dev} is itself a {link.kind} "
                              "device, and libvirt puts a macvtap on each forward interface; "
-                             f"name the physical NIC instead: <interface dev='{lower}'/>")
+                             f"name {what} instead: {use}")
     master = inventory.by_index(link.master)
     if master is not None:
         raise NetworkRefused(f"{subject}: forward interface {dev} is a port of bridge "

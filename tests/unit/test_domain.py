@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from kvmhooks.domain import Attachment, parse_domain
+from kvmhooks.domain import Attachment, domain_from_tree, parse_domain
 from kvmhooks.errors import MetadataError
-from kvmhooks.xmlsafe import MAX_XML_BYTES
+from kvmhooks.xmlsafe import MAX_XML_BYTES, parse
 
 from .builders import (
     MAC1,
@@ -148,3 +148,38 @@ def test_unknown_attribute_on_net():
     xml = domain_xml(meta(MAC1, "bridge", uplink="lan"), hook_owned(MAC1)).replace(
         "<kh:net ", '<kh:net version="2" ')
     assert _error(xml).startswith("domain web1: unknown attribute 'version' on <net>")
+
+
+# --- live XML: interfaces unplugged for now -----------------------------------------------
+
+def _live_root():
+    return parse(domain_xml(meta(MAC1, "bridge", uplink="lan"), hook_owned(MAC1),
+                            meta(MAC2, "direct", uplink="lan", mode="vepa"),
+                            meta(MAC3, "network", network="default")))
+
+
+def test_live_entry_without_interface_is_listed_as_unplugged():
+    parsed = domain_from_tree(_live_root(), "web1", live=True)
+    assert [t.mac for t in parsed.tagged] == [MAC1]
+    assert parsed.unplugged == (Attachment(MAC2, "direct", uplink="lan", mode="vepa"),
+                                Attachment(MAC3, "network", network="default"))
+
+
+def test_definition_entry_without_interface_is_still_refused():
+    with pytest.raises(MetadataError, match=f"domain web1 interface {MAC2}: no <interface>"):
+        domain_from_tree(_live_root(), "web1", live=False)
+    with pytest.raises(MetadataError, match=f"domain web1 interface {MAC2}: no <interface>"):
+        domain_from_tree(_live_root(), "web1")
+
+
+def test_live_domain_with_every_interface_has_none_unplugged():
+    root = parse(domain_xml(meta(MAC1, "bridge", uplink="lan"), hook_owned(MAC1)))
+    assert domain_from_tree(root, "web1", live=True).unplugged == ()
+    assert domain(meta(MAC1, "bridge", uplink="lan"), hook_owned(MAC1)).unplugged == ()
+
+
+def test_live_xml_still_checks_the_form_of_present_interfaces():
+    root = parse(domain_xml(meta(MAC1, "bridge", uplink="lan"), hook_owned(MAC1, managed=None),
+                            meta(MAC2, "bridge", uplink="lan")))
+    with pytest.raises(MetadataError, match="needs <target dev='NAME' managed='no'/>"):
+        domain_from_tree(root, "web1", live=True)

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from kvmhooks.hooks import qemu_main
+from kvmhooks.hooks import network_main, qemu_main
 
 from .builders import MAC1, domain_xml, meta, native_bridge
 
@@ -95,3 +95,71 @@ def test_bad_metadata_is_one_line_and_reconnect_never_fails(operation, status, c
     err = capsys.readouterr().err
     assert err == f"kvmhooks: domain web1 interface {MAC1}: type 'bridge' needs uplink\n"
     assert stdout.getvalue() == b""
+
+
+# --- the network hook ---------------------------------------------------------------------
+
+HOOK_DATA = (b'<hookData><network><name>host-bridge</name><forward mode="bridge"/>'
+             b'<bridge name="br-lan"/></network></hookData>')
+
+
+@pytest.fixture
+def no_config(tmp_path, monkeypatch):
+    """A host without a kvmhooks config, and no syslog: nothing reaches netlink."""
+    monkeypatch.setenv("KVMHOOKS_CONFIG", str(tmp_path / "absent.toml"))
+    monkeypatch.setenv("KVMHOOKS_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setattr("kvmhooks.logsetup.SYSLOG_SOCKET", "/nonexistent/log")
+
+
+@pytest.mark.parametrize("operation", ["started", "port-created", "port-deleted", "updated",
+                                       "plugged", "teleport"])
+def test_network_operations_other_than_start_and_stopped_read_nothing(operation, capsys):
+    assert network_main(["host-bridge", operation, "begin", "-"], Unreadable()) == 0
+    assert capsys.readouterr() == ("", "")
+
+
+def test_network_operations_with_nothing_to_do_import_nothing_heavy():
+    script = (
+        "import sys\n"
+        "from kvmhooks.hooks import network_main\n"
+        "for op in ('started', 'port-created', 'port-deleted', 'updated'):\n"
+        "    assert network_main(['default', op, 'begin', '-']) == 0\n"
+        "heavy = [m for m in ('lxml', 'pyroute2', 'libvirt', 'pyudev', 'kvmhooks.netlink',\n"
+        "                     'kvmhooks.virt', 'kvmhooks.engine') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], stdin=subprocess.DEVNULL,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("argv", [[], ["host-bridge"]])
+def test_network_hook_missing_arguments_exit_2(argv, capsys):
+    assert network_main(argv, Unreadable()) == 2
+    assert capsys.readouterr().err.startswith("kvmhooks: usage: network ")
+
+
+@pytest.mark.parametrize("operation, sub", [("start", "begin"), ("stopped", "end")])
+@pytest.mark.parametrize("name, data", [
+    ("host-bridge", HOOK_DATA),
+    ("default", b'<hookData><network><name>default</name><forward mode="nat"/>'
+                b'<bridge name="virbr0"/></network></hookData>'),
+])
+def test_host_without_config_is_left_alone(operation, sub, name, data, no_config, capsys):
+    assert network_main([name, operation, sub, "-"], io.BytesIO(data)) == 0
+    assert capsys.readouterr() == ("", "")
+
+
+@pytest.mark.parametrize("operation, sub, status", [("start", "begin", 2),
+                                                    ("stopped", "end", 0)])
+def test_malformed_hook_data_is_one_line(operation, sub, status, no_config, tmp_path,
+                                         monkeypatch, capsys):
+    config = tmp_path / "kvmhooks.toml"
+    config.write_text('[uplink.lan]\nnic = "eth1"\nbridge = "br-lan"\n'
+                      '[network.host-bridge]\nuplink = "lan"\n')
+    monkeypatch.setenv("KVMHOOKS_CONFIG", str(config))
+    data = io.BytesIO(b"<hookData><network><name>host-bridge</name>")
+    assert network_main(["host-bridge", operation, sub, "-"], data) == status
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith("kvmhooks: network host-bridge: malformed XML")

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
+from fnmatch import fnmatchcase
 from pathlib import Path
 
 from kvmhooks import install
+from kvmhooks.names import IGNORED_DEVTYPES, IGNORED_NAME_GLOBS
+from kvmhooks.nic import is_candidate
 
 REPO = Path(__file__).resolve().parents[2]
 QEMU_HOOK = "etc/libvirt/hooks/qemu.d/kvmhooks"
@@ -79,3 +83,29 @@ def test_install_renders_commands_for_its_interpreter(tmp_path):
     network = tmp_path / "etc/libvirt/hooks/network.d/kvmhooks"
     assert network.read_text().startswith("#!/opt/venv/bin/python -I\n")
     assert network.stat().st_mode & 0o777 == 0o755
+
+
+# --- the udev rule's filter and nic.is_candidate say the same -----------------------------
+
+def _rule_list(key: str) -> list[str]:
+    rule = install.rule_text(install.RPM_COMMAND)
+    found = re.findall(r"^" + re.escape(key) + r'=="([^"]*)", GOTO="kvmhooks_end"$', rule,
+                       re.MULTILINE)
+    assert len(found) == 1, f"one {key}== line expected in the rule"
+    return found[0].split("|")
+
+
+def test_rule_kernel_names_are_the_ignored_names():
+    patterns = _rule_list("KERNEL")
+    assert patterns == list(IGNORED_NAME_GLOBS)
+    # Same meaning too: a name the rule lets through is a candidate, and the reverse.
+    probes = {glob.rstrip("*") + tail for glob in IGNORED_NAME_GLOBS
+              for tail in ("", "0", "-x")}
+    probes |= {"eth0", "eno1", "ens32", "ktnic0", "k", "virb", "vne"}
+    for name in sorted(probes):
+        rule_ignores = any(fnmatchcase(name, p) for p in patterns)
+        assert rule_ignores == (not is_candidate(name, None)), name
+
+
+def test_rule_devtypes_are_the_ignored_devtypes():
+    assert sorted(_rule_list("ENV{DEVTYPE}")) == sorted(IGNORED_DEVTYPES)
