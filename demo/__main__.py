@@ -1,26 +1,33 @@
-"""kvmhooks demo: a guest tagged "uplink lan, bridge" and "uplink lan, macvtap private".
+"""kvmhooks demo: a tiny tagged guest that comes up attached by its metadata and reaches the LAN.
 
-Builds a stand-in NIC (a veth whose peer sits in a netns: the LAN), writes a host config
-for uplink `lan` on it, starts a tiny tagged domain, shows the devices kvmhooks' qemu hook
-built for it and `kvmhooks status`, stops it, and removes everything it made (also on
-failure or Ctrl-C). Run as root after `make setup`; `make demo` does both.
+Builds a stand-in NIC (a veth whose peer sits in a netns: the LAN, with a LAN host), writes
+a host config for uplink `lan` on it (a bridge, and a shim for the host), defines a tiny
+TCG guest whose only interface is tagged "uplink lan, macvtap bridge", starts it, shows the
+devices kvmhooks' qemu hook built, and proves them with real packets: guest -> LAN host,
+LAN host -> guest, host -> guest through the shim. Then it stops the guest and removes
+everything it made (also on failure or Ctrl-C). Run as root after `make setup`; `make demo`
+does both.
 """
 
 from __future__ import annotations
 
 import argparse
 import fcntl
+import json
 import os
+import re
 import secrets
 import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 from pyroute2 import IPRoute, netns
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+import guest  # noqa: E402
 import lab  # noqa: E402
 import tagged  # noqa: E402
 
@@ -28,6 +35,7 @@ HOOK = Path("/etc/libvirt/hooks/qemu.d/kvmhooks")
 LAB_LOCK = Path("/run/lock/kvmhooks-system-tests.lock")  # shared with the system tests
 UPLINK, SHIM = "lan", "kh-lan"
 SETUP = "; run `make setup` (as root)"
+BOOT_TIMEOUT, PING_TIMEOUT = 90, 30  # seconds; TCG on a busy lab machine can be slow
 DEMO_PID = os.getpid()
 step = 1  # the step under way, for the failure line
 
@@ -47,6 +55,11 @@ def expect(ok: object, problem: str) -> None:
         raise Failed(problem)
 
 
+def one_line(text: object, limit: int = 300) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def kvmhooks(number: int, *args: str) -> None:
     """Run the kvmhooks command line and show what it prints."""
     say(number, "$ kvmhooks " + " ".join(args))
@@ -55,7 +68,7 @@ def kvmhooks(number: int, *args: str) -> None:
     for line in run.stdout.splitlines():
         say(number, "  " + line)
     expect(run.returncode == 0, f"kvmhooks {args[0]} exited {run.returncode}: "
-                                f"{' '.join(run.stderr.split())}")
+                                f"{one_line(run.stderr)}")
 
 
 def link_name(index: int | None) -> str:
@@ -64,12 +77,19 @@ def link_name(index: int | None) -> str:
     return links[0].get_attr("IFLA_IFNAME") if links else "-"
 
 
+def route_dev(address: str) -> str:
+    """The device the host sends to ``address`` through (`ip route get`)."""
+    with IPRoute() as ipr:
+        return link_name(ipr.route("get", dst=address)[0].get_attr("RTA_OIF"))
+
+
 def show_link(number: int, name: str) -> dict:
     """Two lines about a host link, read with pyroute2; returns lab.link_info's dict."""
     info = lab.link_info(name)
     expect(info, f"{name} does not exist")
     info["addresses"] = [a for a in info["addresses"] if not a.startswith("fe80:")]
-    text = f"  {name:<15} {'tap' if info['kind'] == 'tun' else info['kind']:<8} {info['mac']}"
+    text = f"  {name:<15} {'tap' if info['kind'] == 'tun' else info['kind'] or 'veth':<8} "
+    text += info["mac"]
     if info["master"]:
         text += f", port of {info['master']}"
     if info["mode"]:
@@ -80,7 +100,7 @@ def show_link(number: int, name: str) -> dict:
 
 
 def check_host():
-    """Step 1: root, libvirtd, the hook, and a libvirtd that has read the hook."""
+    """Step 1: root, libvirtd, the hook, a libvirtd that has read it, the guest image."""
     expect(os.geteuid() == 0, "the demo must run as root" + SETUP)
     try:
         import libvirt
@@ -100,18 +120,25 @@ def check_host():
     say(1, f"root; libvirtd {version // 1000000}.{version // 1000 % 1000}.{version % 1000} "
            f"answers on {lab.LIBVIRT_URI}")
     say(1, f"hook {HOOK} present, and libvirtd started after it")
+    target = guest.CACHE_DIR / f"guest-{guest.image_key()}"
+    built = "" if (target / "initrd.gz").is_file() else "built now, "
+    if built:
+        say(1, f"building the guest image in {target} (apt-get download of "
+               f"{guest.KERNEL_METAPACKAGE} and {guest.BUSYBOX_PACKAGE}; once)")
+    try:
+        guest.ensure_image()
+        kernel = json.loads((target / "info.json").read_text())["kernel_version"]
+    except (RuntimeError, OSError, ValueError, subprocess.CalledProcessError) as error:
+        raise Failed(f"the guest image cannot be built in {guest.CACHE_DIR}: "
+                     f"{one_line(error)}") from None
+    say(1, f"guest image ({built}{target}): kernel {kernel} + busybox initramfs")
     return conn
 
 
-def guest_mac() -> str:
-    return "52:54:00:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3))
-
-
-def demo(cleanup: lab.Cleanup, made: list[str]) -> None:
-    conn = check_host()
-    cleanup.add(conn.close, _what="close libvirt connection")
+def take_lab_lock(cleanup: lab.Cleanup) -> None:
+    """The system tests replace the same config: one of us at a time."""
     LAB_LOCK.parent.mkdir(parents=True, exist_ok=True)
-    lock = os.open(LAB_LOCK, os.O_RDWR | os.O_CREAT, 0o644)  # system tests share the config
+    lock = os.open(LAB_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     cleanup.add(os.close, lock, _what="release the lab lock")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -119,13 +146,42 @@ def demo(cleanup: lab.Cleanup, made: list[str]) -> None:
         say(1, f"waiting for a system test run to finish ({LAB_LOCK})")
         fcntl.flock(lock, fcntl.LOCK_EX)
 
+
+def guest_mac() -> str:
+    return "52:54:00:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3))
+
+
+def wait_serial(serial: guest.SerialLog, regex: str, timeout: float, what: str):
+    try:
+        return serial.wait_for_line(regex, timeout)
+    except TimeoutError:
+        tail = serial.lines()[-1:] or ["(nothing)"]
+        raise Failed(f"the guest printed no {what} within {timeout} s; its last serial "
+                     f"line: {one_line(tail[0], 120)} ({serial.path})") from None
+
+
+def ping_until(address: str, ns: str | None = None, seconds: float = 10) -> float | None:
+    """Seconds until ``address`` first answered (from the host or ``ns``); None if never."""
+    started = time.monotonic()
+    while time.monotonic() - started < seconds:
+        if lab.ping(address, ns=ns, timeout=1):
+            return time.monotonic() - started
+    return None
+
+
+def demo(cleanup: lab.Cleanup, made: list[str]) -> None:
+    conn = check_host()
+    cleanup.add(conn.close, _what="close libvirt connection")
+    take_lab_lock(cleanup)
+
     subnet = lab.pick_subnet()
+    lan_host, guest_ip = subnet.ip(2), subnet.ip(11)
     nic = lab.StandInNic(cleanup, lab.unique_name("ktnic"), subnet.addr(1), subnet.addr(2))
     made += [f"link {nic.name}", f"netns {nic.ns}"]
     say(2, f"stand-in NIC {nic.name} (veth, MAC {nic.mac}), host address {subnet.addr(1)}")
     say(2, f"its LAN: netns {nic.ns}, LAN host {subnet.addr(2)} on {nic.PEER}")
-    expect(lab.ping(subnet.ip(2)), f"the host cannot ping the LAN host {subnet.ip(2)}")
-    say(2, f"host pings {subnet.ip(2)}: ok")
+    expect(lab.ping(lan_host), f"the host cannot ping the LAN host {lan_host}")
+    say(2, f"host -> LAN host {lan_host}: ok")
 
     bridge = lab.unique_name("ktbr-demo", 4)
     lab.delete_link_later(cleanup, bridge)  # shared devices outlive guests: the demo
@@ -141,46 +197,69 @@ def demo(cleanup: lab.Cleanup, made: list[str]) -> None:
     kvmhooks(3, "check-config")
 
     name = lab.unique_name("kt-demo-", 4)
-    bridged = tagged.Iface(guest_mac(), "bridge", UPLINK)
-    direct = tagged.Iface(guest_mac(), "direct", UPLINK, "private")
-    dom = lab.define(conn, tagged.domain_xml(name, [bridged, direct]), cleanup)
+    iface = tagged.Iface(guest_mac(), "direct", UPLINK, "bridge")
+    xml = guest.guest_domain_xml(name, iface.device(), {iface.mac: subnet.addr(11)},
+                                 [lan_host], tagged.metadata_xml([iface]))
+    dom = lab.define(conn, xml, cleanup)
     made.insert(0, f"domain {name}")
-    say(4, f"defined {name} (type kvm, no disk: it starts, it need not boot), tagged:")
-    for iface in (bridged, direct):
-        say(4, f"  {iface.metadata()}")
-        say(4, f"    <interface type='ethernet'> <target dev='{iface.hook_owned_dev}' "
-               "managed='no'/>")
+    macvtap, uuid = iface.hook_owned_dev, dom.UUIDString()
+    serial = guest.SerialLog(lab.serial_log_path(name))
+    say(4, f"defined {name}: TCG, 128 MiB, guest address {subnet.addr(11)}, pings "
+           f"{lan_host}; tagged:")
+    say(4, f"  {iface.metadata()}")
+    say(4, f"  <interface type='ethernet'> <mac address='{iface.mac}'/> "
+           f"<target dev='{macvtap}' managed='no'/>")
     kvmhooks(4, "explain", name)
 
+    started = time.monotonic()
     dom.create()
-    tap, macvtap, uuid = bridged.hook_owned_dev, direct.hook_owned_dev, dom.UUIDString()
-    say(5, f"started {name}; its prepare hook built (read with pyroute2):")
-    br, port, tp, mv, sh = (show_link(5, n) for n in (bridge, nic.name, tap, macvtap, SHIM))
+    say(5, f"started {name} in {time.monotonic() - started:.1f} s; its prepare hook built "
+           "(read with pyroute2):")
+    br, port, mv, sh = (show_link(5, n) for n in (bridge, nic.name, macvtap, SHIM))
     expect(br["kind"] == "bridge" and br["alias"] == f"kvmhooks:bridge:{UPLINK}",
            f"{bridge} is not a bridge marked by kvmhooks")
     expect(port["master"] == bridge and subnet.addr(1) in br["addresses"]
            and not port["addresses"], f"{nic.name} is not enslaved with its address moved")
-    expect(tp["master"] == bridge and tp["mac"] == "fe" + bridged.mac[2:]
-           and tp["alias"] == f"kvmhooks:guest:{uuid}", f"{tap} is not the guest's tap")
-    expect(mv["kind"] == "macvtap" and mv["mode"] == "private" and mv["mac"] == direct.mac
+    expect(mv["kind"] == "macvtap" and mv["mode"] == "bridge" and mv["mac"] == iface.mac
            and mv["link"] == br["index"] and mv["alias"] == f"kvmhooks:guest:{uuid}",
-           f"{macvtap} is not the guest's private macvtap on {bridge}")
+           f"{macvtap} is not the guest's bridge-mode macvtap on {bridge}")
     expect(sh["kind"] == "macvlan" and subnet.addr(5) in sh["addresses"]
            and sh["alias"] == f"kvmhooks:shim:{UPLINK}", f"{SHIM} is not the shim")
-    with IPRoute() as ipr:
-        via = link_name(ipr.route("get", dst=subnet.ip(2))[0].get_attr("RTA_OIF"))
-    expect(lab.ping(subnet.ip(2)), f"the host lost its LAN host {subnet.ip(2)}")
-    say(5, f"host still pings {subnet.ip(2)}, via {via}: ok")
-    kvmhooks(5, "status")
+    routes = subprocess.run(["ip", "-4", "route", "show", str(subnet)], capture_output=True,
+                            text=True, check=False).stdout.splitlines()
+    say(5, f"host routes for {subnet}:")
+    for line in routes:
+        say(5, "  " + line.strip())
+
+    ready = wait_serial(serial, r"^KH ready$", BOOT_TIMEOUT, "`KH ready`")
+    say(6, f"guest booted: `{ready.group(0)}` on its serial console "
+           f"{time.monotonic() - started:.1f} s after the start")
+    first = wait_serial(serial, guest.ping_line(lan_host), PING_TIMEOUT,
+                        f"`ping {lan_host} ok`")
+    fails = sum(1 for line in serial.lines() if re.search(guest.ping_line(lan_host, False),
+                                                          line))
+    say(6, f"guest -> LAN host: ok   (serial: `{first.group(0)}`"
+           + (f", after {fails} fail)" if fails else ")"))
+    took = ping_until(guest_ip, ns=nic.ns)
+    expect(took is not None, f"the LAN host {lan_host} cannot ping the guest {guest_ip}")
+    say(6, f"LAN host -> guest: ok   (ping {guest_ip} from netns {nic.ns}, {took * 1000:.0f} ms)")
+    via = route_dev(guest_ip)
+    took = ping_until(guest_ip)
+    expect(took is not None, f"the host cannot ping the guest {guest_ip} (route via {via}; "
+           f"a macvtap never hears what its lower device {bridge} sends)")
+    say(6, f"host -> guest through the shim {via}: ok   (ping {guest_ip}, {took * 1000:.0f} ms)")
+    expect(via == SHIM, f"the host reaches the guest via {via}, not via {SHIM}")
+    expect(lab.ping(lan_host), f"the host lost its LAN host {lan_host}")
+    say(6, f"host -> LAN host {lan_host} still ok, via {route_dev(lan_host)}")
+    kvmhooks(6, "status")
 
     dom.destroy()
-    say(6, f"stopped {name}; its release hook removed the per-guest devices:")
-    for device in (tap, macvtap):
-        expect(not lab.link_exists(device), f"{device} outlived the guest")
-        say(6, f"  {device}: gone")
+    say(7, f"stopped {name}; its release hook removed the per-guest device:")
+    expect(not lab.link_exists(macvtap), f"{macvtap} outlived the guest")
+    say(7, f"  {macvtap}: gone")
     expect(lab.link_exists(SHIM) and lab.link_info(nic.name)["master"] == bridge,
            f"the shared {bridge} or {SHIM} went away with the guest")
-    say(6, f"  shared devices stay: {bridge} (with {nic.name} enslaved), {SHIM}")
+    say(7, f"  shared devices stay: {bridge} (with {nic.name} enslaved), {SHIM}")
 
 
 def still_there(thing: str) -> bool:
@@ -213,14 +292,14 @@ def main() -> int:
         print(f"demo: interrupted in step {step}; cleaning up", file=sys.stderr)
         status = 130
     except Exception as error:  # noqa: BLE001 - every failure is one line, then cleanup
-        print(f"demo: FAILED in step {step}: {' '.join(str(error).split())}", file=sys.stderr)
+        print(f"demo: FAILED in step {step}: {one_line(error, 600)}", file=sys.stderr)
         status = 1
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not stop cleanup
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         errors = cleanup.run()
     for what, error in errors:
-        print(f"demo: cleanup: {what} failed: {error}", file=sys.stderr)
+        print(f"demo: cleanup: {what} failed: {one_line(error)}", file=sys.stderr)
     left = [thing for thing in made if still_there(thing)]
     if errors or left:
         print("demo: FAILED to clean up" + "".join(", left " + thing for thing in left),
@@ -228,7 +307,7 @@ def main() -> int:
         return 1
     if made:
         for line in textwrap.wrap("cleaned up: " + ", ".join(made), 88, subsequent_indent="  "):
-            say(6, line)
+            say(8 if status == 0 else step, line)
     if status == 0:
         print("demo: ok, nothing left behind")
     return status

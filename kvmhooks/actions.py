@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .inventory import Route
 
@@ -155,6 +155,22 @@ class MoveRoute(Action):
 
     def undo(self) -> Action:
         return MoveRoute(self.route, self.target, self.source)
+
+
+@dataclass(frozen=True)
+class SetRouteMetric(Action):
+    """Change the metric of a prefix route (the kernel's route for an address)."""
+
+    route: Route
+    dev: str
+    metric: int
+
+    def describe(self) -> str:
+        return f"set metric {self.metric} on route {self.route.dst} dev {self.dev}"
+
+    def undo(self) -> Action:
+        return SetRouteMetric(replace(self.route, priority=self.metric), self.dev,
+                              self.route.priority or 0)
 
 
 @dataclass(frozen=True)

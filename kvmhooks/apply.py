@@ -21,6 +21,7 @@ from .actions import (
     MoveRoute,
     SetDown,
     SetMaster,
+    SetRouteMetric,
     SetUp,
 )
 from .errors import ApplyError
@@ -40,6 +41,7 @@ _RUNNERS = {
     AddAddress: lambda a, b: b.add_address(a.name, a.address),
     DelAddress: lambda a, b: b.del_address(a.name, a.address),
     MoveRoute: lambda a, b: b.move_route(a.route, a.target),
+    SetRouteMetric: lambda a, b: b.set_route_metric(a.route, a.dev, a.metric),
     DeleteLink: lambda a, b: b.delete_link(a.name),
 }
 

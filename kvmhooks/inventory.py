@@ -17,6 +17,7 @@ class Route:
     family: int
     gateway: str | None = None
     priority: int | None = None
+    source: str | None = None  # prefsrc
 
     def describe(self) -> str:
         text = self.dst + (f" via {self.gateway}" if self.gateway else "")
@@ -35,7 +36,8 @@ class Link:
     up: bool = False
     mode: str | None = None  # macvlan/macvtap mode, in the contract's words
     addresses: tuple[str, ...] = ()  # global-scope addresses with prefix, "198.18.1.1/24"
-    routes: tuple[Route, ...] = ()
+    routes: tuple[Route, ...] = ()  # routes through the link that are not the kernel's
+    prefix_routes: tuple[Route, ...] = ()  # the kernel's routes for the link's addresses
     id_path: str | None = None  # udev ID_PATH, when it was asked for
     permanent_mac: str | None = None
 

@@ -18,6 +18,7 @@ RTPROT_KERNEL = 2
 RTN_UNICAST = 1
 RT_TABLE_MAIN = 254
 RT_SCOPE_UNIVERSE = 0
+RT_SCOPE_LINK = 253
 # The contract says "passthrough" as libvirt does; the kernel says "passthru".
 _KERNEL_MODE = {"passthrough": "passthru"}
 _CONTRACT_MODE = {"passthru": "passthrough"}
@@ -46,16 +47,18 @@ class Netlink:
             local = msg.get("IFA_LOCAL") or msg.get("IFA_ADDRESS")
             addresses.setdefault(msg["index"], []).append(f"{local}/{msg['prefixlen']}")
         routes: dict[int, list[Route]] = {}
+        prefix_routes: dict[int, list[Route]] = {}
         for msg in self.ipr.get_routes(table=RT_TABLE_MAIN):
             oif = msg.get("RTA_OIF")
-            if (msg["proto"] == RTPROT_KERNEL or msg["type"] != RTN_UNICAST or oif is None
+            if (msg["type"] != RTN_UNICAST or oif is None
                     or msg.get("RTA_TABLE", RT_TABLE_MAIN) != RT_TABLE_MAIN):
                 continue
             dst = msg.get("RTA_DST")
-            routes.setdefault(oif, []).append(Route(
-                dst=f"{dst}/{msg['dst_len']}" if dst else "default",
-                family=msg["family"], gateway=msg.get("RTA_GATEWAY"),
-                priority=msg.get("RTA_PRIORITY")))
+            route = Route(dst=f"{dst}/{msg['dst_len']}" if dst else "default",
+                          family=msg["family"], gateway=msg.get("RTA_GATEWAY"),
+                          priority=msg.get("RTA_PRIORITY"), source=msg.get("RTA_PREFSRC"))
+            kernel = msg["proto"] == RTPROT_KERNEL
+            (prefix_routes if kernel else routes).setdefault(oif, []).append(route)
         links = []
         for msg in self.ipr.get_links():
             index, name = msg["index"], msg.get("IFLA_IFNAME")
@@ -74,6 +77,7 @@ class Netlink:
                 up=bool(msg["flags"] & IFF_UP), mode=mode,
                 addresses=tuple(addresses.get(index, ())),
                 routes=tuple(routes.get(index, ())),
+                prefix_routes=tuple(prefix_routes.get(index, ())),
                 id_path=(id_paths or {}).get(name),
                 permanent_mac=msg.get("IFLA_PERM_ADDRESS")))
         return Inventory(tuple(links))
@@ -145,6 +149,24 @@ class Netlink:
                           prefixlen=interface.network.prefixlen)
         except (NetlinkError, OSError) as error:
             raise HostError(f"{command} address {address} on {name}: {_reason(error)}") from None
+
+    def set_route_metric(self, route: Route, dev: str, metric: int) -> None:
+        """Give a prefix route another metric: add it anew, then remove the old one."""
+        index = self.index(dev)
+        # Spelled out in full: a delete matches protocol and scope, and pyroute2's
+        # defaults are not the kernel's own for a prefix route.
+        base = {"dst": route.dst, "family": route.family, "oif": index,
+                "proto": RTPROT_KERNEL, "scope": RT_SCOPE_LINK}
+        new = {**base, "priority": metric}
+        if route.source:
+            new["prefsrc"] = route.source
+        old = {**base, "priority": route.priority or 0}
+        try:
+            self.ipr.route("add", **new)
+            self.ipr.route("del", **old)
+        except (NetlinkError, OSError) as error:
+            raise HostError(f"set metric {metric} on route {route.describe()} dev {dev}: "
+                            f"{_reason(error)}") from None
 
     def move_route(self, route: Route, target: str) -> None:
         spec = {"dst": route.dst, "family": route.family, "oif": self.index(target)}

@@ -9,6 +9,8 @@ The kernel facts behind the shape of a plan (DESIGN section 4):
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 from dataclasses import dataclass, field
 
 from .actions import (
@@ -22,6 +24,7 @@ from .actions import (
     DeleteLink,
     MoveRoute,
     SetMaster,
+    SetRouteMetric,
     SetUp,
     WriteSource,
 )
@@ -36,7 +39,7 @@ from .errors import (
     NicAbsent,
     NotAllowed,
 )
-from .inventory import LOWER_KINDS, Inventory, Link
+from .inventory import LOWER_KINDS, Inventory, Link, Route
 from .names import MARK_PREFIX, bridge_mark, guest_mark, network_mark, shim_mark
 from .network import NetworkDef
 
@@ -44,6 +47,8 @@ from .network import NetworkDef
 # copy or borrow a NIC's MAC (a VLAN, a bond's ports) or are guests' devices.
 _NOT_A_NIC = ("bridge", "tun", "vlan", "macsec", "ipvlan", "vxlan", *LOWER_KINDS)
 _AGGREGATES = ("bond", "team")
+# What a lower device's route for the shim's subnet is raised by, so the shim's wins.
+SHIM_PREFERENCE = 1024
 # libvirt's default for <source mode> of a direct interface is vepa.
 LIBVIRT_DEFAULT_DIRECT_MODE = "vepa"
 
@@ -77,6 +82,10 @@ class Plan:
 
     def describe(self) -> list[str]:
         return [action.describe() for action in self.actions + self.sources]
+
+
+def _family(interface) -> int:
+    return socket.AF_INET6 if interface.version == 6 else socket.AF_INET
 
 
 def tap_mac(guest_mac: str) -> str:
@@ -378,6 +387,7 @@ class _DevicePlanner:
         self.actions: list[Action] = []
         self.planned_links: set[str] = set()
         self.deleted_links: set[str] = set()
+        self.planned_addresses: dict[str, list[str]] = {}
 
     def uplink(self, uplink: Uplink, resolution: Resolution) -> None:
         nic = self.inventory.by_name(resolution.nic)
@@ -428,6 +438,7 @@ class _DevicePlanner:
                             f"{', '.join(c.name for c in children)}; the kernel refuses to "
                             "enslave a NIC with macvtap or macvlan devices")
         self.actions.extend(AddAddress(bridge, address) for address in nic.addresses)
+        self.planned_addresses.setdefault(bridge, []).extend(nic.addresses)
         self.actions.extend(MoveRoute(route, nic.name, bridge) for route in nic.routes)
         self.actions.append(SetMaster(nic.name, bridge, None))
         self.actions.extend(DelAddress(nic.name, address) for address in nic.addresses)
@@ -446,11 +457,29 @@ class _DevicePlanner:
         if not in_place:
             self.actions.append(CreateShim(uplink.shim, lower, address,
                                            shim_mark(uplink.name)))
-            return
-        if address not in shim.addresses:
-            self.actions.append(AddAddress(shim.name, address))
-        if not shim.up:
-            self.actions.append(SetUp(shim.name))
+        else:
+            if address not in shim.addresses:
+                self.actions.append(AddAddress(shim.name, address))
+            if not shim.up:
+                self.actions.append(SetUp(shim.name))
+        self.prefer_shim(uplink, lower, lower_link)
+
+    def prefer_shim(self, uplink: Uplink, lower: str, lower_link: Link | None) -> None:
+        """The host reaches the shim's subnet through the shim: a macvtap never hears
+        what its lower device sends, so the lower's own route for that subnet (there when
+        the NIC or bridge has an address in it) gets a higher metric and stays as the
+        fallback."""
+        network = uplink.host_address.network
+        competing = {route.dst: route for route in (lower_link.prefix_routes if lower_link
+                                                     else ())
+                     if route.dst == str(network) and (route.priority or 0) < SHIM_PREFERENCE}
+        for address in self.planned_addresses.get(lower, ()):
+            interface = ipaddress.ip_interface(address)
+            if interface.network == network:
+                competing.setdefault(str(network), Route(
+                    str(network), _family(interface), source=str(interface.ip)))
+        self.actions.extend(SetRouteMetric(route, lower, SHIM_PREFERENCE + (route.priority or 0))
+                            for route in competing.values())
 
     def hook_owned(self, domain: Domain, tagged: TaggedInterface, resolution: Resolution):
         name, mark = tagged.device.target_dev, guest_mark(domain.uuid)

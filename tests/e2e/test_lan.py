@@ -1,0 +1,192 @@
+"""End to end: booted guests attached by their metadata send real packets to a LAN host,
+the host and each other, through what kvmhooks built. The README's matrix of what each
+attachment allows comes from these tests."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import guest
+import lab
+import pytest
+from helpers import guest_mac, uplink_name
+from tagged import Iface, metadata_xml
+
+pytestmark = [pytest.mark.system, pytest.mark.e2e]
+
+LAN_HOST = 2
+SHIM = 5
+
+
+class Uplink:
+    """A stand-in NIC, its LAN namespace and an uplink for it in the config."""
+
+    def __init__(self, cleanup, kh_config, subnet, bridge: bool, shim: bool,
+                 nic_address: bool = True):
+        self.subnet = subnet
+        self.nic = lab.StandInNic(cleanup, None, subnet.addr(1) if nic_address else None,
+                                  subnet.addr(LAN_HOST))
+        self.name = uplink_name()
+        self.bridge = lab.unique_name("ktbr") if bridge else None
+        text = f'[uplink.{self.name}]\nnic = "{self.nic.name}"\n'
+        if self.bridge:
+            text += f'bridge = "{self.bridge}"\n'
+            lab.delete_link_later(cleanup, self.bridge)
+        if shim:
+            text += f'host_address = "{subnet.addr(SHIM)}"\n'
+            lab.delete_link_later(cleanup, f"kh-{self.name}")
+        kh_config(text)
+        self.lan = subnet.ip(LAN_HOST)
+
+    def iface(self, kind: str, mode: str | None = None) -> Iface:
+        return Iface(guest_mac(), kind, self.name, mode)
+
+
+class Guest:
+    def __init__(self, dom, serial, iface: Iface, address: str):
+        self.dom, self.serial, self.iface, self.address = dom, serial, iface, address
+
+
+def boot(conn, cleanup, ifaces_and_addresses: list[tuple[Iface, str]],
+         pings: list[str]) -> list[Guest]:
+    """Define and start one guest per interface, all at once, then wait until each is up."""
+    started = []
+    for iface, address in ifaces_and_addresses:
+        name = lab.unique_name("kt-e2e-")
+        xml = guest.guest_domain_xml(name, iface.device(), {iface.mac: address},
+                                     [p for p in pings if p != address.split("/")[0]],
+                                     metadata_xml([iface]))
+        dom = lab.define_and_start(conn, xml, cleanup)
+        started.append(Guest(dom, guest.SerialLog(lab.serial_log_path(name)), iface,
+                             address.split("/")[0]))
+    for each in started:
+        guest.wait_ready(each.serial, timeout=120)
+    return started
+
+
+def reaches(each: Guest, target: str, timeout: float = 30) -> bool:
+    """The guest reports a successful ping to target."""
+    try:
+        each.serial.wait_for_line(guest.ping_line(target), timeout)
+        return True
+    except TimeoutError:
+        return False
+
+
+def never_reaches(each: Guest, target: str, rounds: int = 4) -> bool:
+    """Several rounds of pings from the guest to target, all failed."""
+    each.serial.wait_for_lines(guest.ping_line(target, ok=False), timeout=60, count=rounds)
+    return not any(line.endswith(f"ping {target} ok") for line in each.serial.lines())
+
+
+ATTACHMENTS = [("bridge", None), ("direct", "bridge"), ("direct", "private"),
+               ("direct", "vepa"), ("direct", "passthrough")]
+
+
+@pytest.mark.parametrize("kind, mode", ATTACHMENTS,
+                         ids=[f"{k}{'-' + m if m else ''}" for k, m in ATTACHMENTS])
+def test_guest_and_lan_host_reach_each_other(kind, mode, libvirt_conn, cleanup, kh_config,
+                                             subnet):
+    uplink = Uplink(cleanup, kh_config, subnet, bridge=kind == "bridge", shim=False)
+    (one,) = boot(libvirt_conn, cleanup, [(uplink.iface(kind, mode), subnet.addr(11))],
+                  [uplink.lan])
+    assert reaches(one, uplink.lan), "guest -> LAN host"
+    assert uplink.nic.lan_ping(one.address, count=3, timeout=2), "LAN host -> guest"
+
+
+@pytest.mark.parametrize("bridged", [True, False], ids=["bridged-uplink", "nic-uplink"])
+@pytest.mark.parametrize("shim", [True, False], ids=["with-host-address", "without"])
+def test_host_reaches_macvtap_guest_only_through_the_shim(bridged, shim, libvirt_conn,
+                                                          cleanup, kh_config, subnet):
+    uplink = Uplink(cleanup, kh_config, subnet, bridge=bridged, shim=shim)
+    (one,) = boot(libvirt_conn, cleanup, [(uplink.iface("direct", "bridge"),
+                                           subnet.addr(11))], [uplink.lan])
+    assert reaches(one, uplink.lan)
+    assert lab.ping(uplink.lan), "the host still reaches its LAN"
+    assert lab.ping(one.address, count=3, timeout=2) == shim
+
+
+HOST_TO_OTHER_GUESTS = [
+    ("tap-guest-via-the-bridge-address", True, False, ("bridge", None), True),
+    ("private-macvtap-even-with-the-shim", False, True, ("direct", "private"), False),
+    ("vepa-macvtap-even-with-the-shim", False, True, ("direct", "vepa"), False),
+]
+
+
+@pytest.mark.parametrize("bridged, shim, attachment, reach",
+                         [case[1:] for case in HOST_TO_OTHER_GUESTS],
+                         ids=[case[0] for case in HOST_TO_OTHER_GUESTS])
+def test_host_to_other_guests(bridged, shim, attachment, reach, libvirt_conn, cleanup,
+                              kh_config, subnet):
+    uplink = Uplink(cleanup, kh_config, subnet, bridge=bridged, shim=shim)
+    (one,) = boot(libvirt_conn, cleanup, [(uplink.iface(*attachment), subnet.addr(11))],
+                  [uplink.lan])
+    assert reaches(one, uplink.lan)
+    assert lab.ping(one.address, count=3, timeout=2) == reach
+
+
+GUEST_PAIRS = [
+    ("macvtap-bridge-pair", False, ("direct", "bridge"), ("direct", "bridge"), True),
+    ("macvtap-private-pair", False, ("direct", "private"), ("direct", "private"), False),
+    ("macvtap-vepa-pair", False, ("direct", "vepa"), ("direct", "vepa"), False),
+    ("bridge-pair", True, ("bridge", None), ("bridge", None), True),
+    ("bridge-and-macvtap", True, ("bridge", None), ("direct", "bridge"), True),
+]
+
+
+@pytest.mark.parametrize("bridged, first, second, reach",
+                         [case[1:] for case in GUEST_PAIRS], ids=[c[0] for c in GUEST_PAIRS])
+def test_guests_on_one_host(bridged, first, second, reach, libvirt_conn, cleanup, kh_config,
+                            subnet):
+    uplink = Uplink(cleanup, kh_config, subnet, bridge=bridged, shim=False)
+    addresses = [subnet.addr(11), subnet.addr(12)]
+    guests = boot(libvirt_conn, cleanup, [(uplink.iface(*first), addresses[0]),
+                                          (uplink.iface(*second), addresses[1])],
+                  [a.split("/")[0] for a in addresses] + [uplink.lan])
+    for one in guests:
+        assert reaches(one, uplink.lan), "each guest reaches the LAN host"
+    one, other = guests
+    if reach:
+        assert reaches(one, other.address) and reaches(other, one.address)
+    else:
+        assert never_reaches(one, other.address) and never_reaches(other, one.address)
+
+
+def test_both_guests_ping_again_after_an_uplink_flap(libvirt_conn, cleanup, kh_config,
+                                                      subnet):
+    uplink = Uplink(cleanup, kh_config, subnet, bridge=True, shim=True)
+    guests = boot(libvirt_conn, cleanup, [(uplink.iface("bridge"), subnet.addr(11)),
+                                          (uplink.iface("direct", "bridge"), subnet.addr(12))],
+                  [uplink.lan])
+    for one in guests:
+        assert reaches(one, uplink.lan)
+    marks = [one.serial.offset() for one in guests]
+    uplink.nic.recreate(host_address="")
+    flapped = time.monotonic()
+    for one, mark in zip(guests, marks):
+        remaining = 10 - (time.monotonic() - flapped)
+        one.serial.wait_for_lines(guest.ping_line(uplink.lan), timeout=max(remaining, 0.1),
+                                  after_offset=mark, count=2)
+    assert time.monotonic() - flapped < 10
+
+
+def test_restored_guest_reaches_the_lan_of_another_nic(libvirt_conn, cleanup, kh_config,
+                                                       subnet, tmp_path):
+    first = Uplink(cleanup, kh_config, subnet, bridge=False, shim=False, nic_address=False)
+    # The second NIC's LAN is the same subnet in another namespace, its host at .3.
+    second = lab.StandInNic(cleanup, None, None, subnet.addr(3))
+    native = Iface(guest_mac(), "direct", first.name, "bridge", native=True,
+                   source=first.nic.name)
+    (one,) = boot(libvirt_conn, cleanup, [(native, subnet.addr(11))],
+                  [subnet.ip(2), subnet.ip(3)])
+    assert reaches(one, subnet.ip(2))
+    image = str(tmp_path / "guest.save")
+    cleanup.add(lambda: os.path.exists(image) and os.unlink(image), _what="remove image")
+    one.dom.save(image)
+    kh_config(f'[uplink.{first.name}]\nnic = "{second.name}"\n')
+    mark = one.serial.offset()
+    libvirt_conn.restore(image)
+    one.serial.wait_for_lines(guest.ping_line(subnet.ip(3)), timeout=30, after_offset=mark,
+                              count=2)
+    assert second.lan_ping(one.address, count=3, timeout=2)
