@@ -14,6 +14,7 @@ from kvmhooks.actions import (
     DeleteLink,
     MoveRoute,
     SetMaster,
+    SetRouteMetric,
     SetUp,
     WriteSource,
 )
@@ -358,3 +359,42 @@ def test_release_deletes_exactly_this_guests_devices():
 
 def test_release_with_nothing_marked_is_empty():
     assert plan_release("web1", UUID, bridged_host().inventory()).actions == ()
+
+
+# --- the shim's subnet goes through the shim ----------------------------------------------
+
+PREFIX_ROUTE = Route("198.18.5.0/24", 2, source="198.18.5.1")
+
+
+def test_lower_route_for_the_shims_subnet_is_demoted():
+    host = Host().nic("eth1", addresses=("198.18.5.1/24",), prefix_routes=(PREFIX_ROUTE,))
+    actions = prepare(LAN_SHIM, host, meta(MAC1, "direct", uplink="lan"),
+                      hook_owned(MAC1)).actions
+    assert SetRouteMetric(PREFIX_ROUTE, "eth1", 1024) in actions
+    assert actions.index(SetRouteMetric(PREFIX_ROUTE, "eth1", 1024)) > \
+        next(i for i, a in enumerate(actions) if isinstance(a, CreateShim))
+
+
+def test_route_the_plan_moves_to_a_new_bridge_is_demoted_there():
+    host = Host().nic("eth1", addresses=("198.18.5.1/24",), prefix_routes=(PREFIX_ROUTE,))
+    actions = prepare(LAN_BRIDGE_SHIM, host, *tap_on_bridge()).actions
+    assert SetRouteMetric(PREFIX_ROUTE, "br-lan", 1024) in actions
+
+
+@pytest.mark.parametrize("host", [
+    Host().nic("eth1", addresses=("198.18.5.1/24",),
+               prefix_routes=(Route("198.18.5.0/24", 2, priority=1024, source="198.18.5.1"),)),
+    Host().nic("eth1", addresses=("198.18.9.1/24",),
+               prefix_routes=(Route("198.18.9.0/24", 2, source="198.18.9.1"),)),
+    Host().nic("eth1"),
+], ids=["already-demoted", "another-subnet", "no-address"])
+def test_no_route_change_when_nothing_competes(host):
+    actions = prepare(LAN_SHIM, host, meta(MAC1, "direct", uplink="lan"),
+                      hook_owned(MAC1)).actions
+    assert not [a for a in actions if isinstance(a, SetRouteMetric)]
+
+
+def test_route_metric_undo_restores_the_kernels_metric():
+    step = SetRouteMetric(PREFIX_ROUTE, "eth1", 1024)
+    assert step.undo() == SetRouteMetric(Route("198.18.5.0/24", 2, priority=1024,
+                                               source="198.18.5.1"), "eth1", 0)
