@@ -247,8 +247,8 @@ def demo(cleanup: lab.Cleanup, made: list[str]) -> None:
     took = ping_until(guest_ip)
     expect(took is not None, f"the host cannot ping the guest {guest_ip} (route via {via}; "
            f"a macvtap never hears what its lower device {bridge} sends)")
+    expect(via == SHIM, f"the host reaches the guest {guest_ip} via {via}, not via {SHIM}")
     say(6, f"host -> guest through the shim {via}: ok   (ping {guest_ip}, {took * 1000:.0f} ms)")
-    expect(via == SHIM, f"the host reaches the guest via {via}, not via {SHIM}")
     expect(lab.ping(lan_host), f"the host lost its LAN host {lan_host}")
     say(6, f"host -> LAN host {lan_host} still ok, via {route_dev(lan_host)}")
     kvmhooks(6, "status")

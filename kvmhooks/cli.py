@@ -83,8 +83,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def cmd_check_config(args) -> int:
     config = config_module.load(args.file)
-    print(f"{config.path}: ok ({len(config.uplinks)} uplinks, {len(config.networks)} networks)")
+    print(f"{config.path}: ok ({_count(len(config.uplinks), 'uplink')}, "
+          f"{_count(len(config.networks), 'network')})")
     return 0
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 def cmd_install(args) -> int:

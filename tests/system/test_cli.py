@@ -149,7 +149,7 @@ def test_check_config_and_install(tmp_path, cleanup):
     good = tmp_path / "good.toml"
     good.write_text('[uplink.lan]\nnic = "eth9"\n')
     result = kvmhooks("check-config", str(good))
-    assert result.returncode == 0 and "ok (1 uplinks, 0 networks)" in result.stdout
+    assert result.returncode == 0 and "ok (1 uplink, 0 networks)" in result.stdout
     bad = tmp_path / "bad.toml"
     bad.write_text('[uplink.lan]\nnic = "eth9"\ncolour = "red"\n')
     result = kvmhooks("check-config", str(bad))
