@@ -1,7 +1,8 @@
 # kvmhooks: lab and developer entry points (run as root on the lab machine).
-.PHONY: setup test demo lint
+.PHONY: setup test demo lint rpm
 
 VENV_PY := .venv/bin/python
+EL ?= 9
 
 setup:
 	scripts/lab-setup
@@ -14,3 +15,8 @@ demo: setup
 
 lint:
 	.venv/bin/ruff check .
+
+# The RPM (noarch) for EL$(EL) from this work tree, into build/rpm (needs rpmbuild:
+# Debian's `rpm` package, which scripts/lab-setup installs). `make rpm EL=10` for EL10.
+rpm:
+	scripts/build-rpm --el $(EL)
