@@ -68,12 +68,13 @@ def _parser() -> argparse.ArgumentParser:
     nic_event.add_argument("event", nargs="+", metavar="ACTION IFNAME",
                            help="add, move or remove, and the interface name (or the "
                                 "systemd instance ACTION:IFNAME[:SEQNUM])")
-    nic_event.add_argument("--detach", action="store_true",
-                           help="return at once and work in a detached process")
     nic_event.set_defaults(run=cmd_nic_event)
 
     watch = commands.add_parser("watch", help="handle NIC events from a udev monitor")
     watch.set_defaults(run=cmd_watch)
+
+    agent = commands.add_parser("agent", help="serve the hooks with the engine kept warm")
+    agent.set_defaults(run=cmd_agent)
 
     install = commands.add_parser("install", help="install the hook shims (non-RPM install)")
     install.add_argument("--root", default="/")
@@ -103,18 +104,21 @@ def cmd_install(args) -> int:
 
 def cmd_nic_event(args) -> int:
     from .names import ifname_problem
-    from .nic import detach_and_handle, handle
+    from .nic import handle
     words = args.event[0].split(":") if len(args.event) == 1 else args.event
     if len(words) not in (2, 3) or words[0] not in ("add", "move", "remove"):
         raise UsageError("nic-event takes ACTION IFNAME (ACTION: add, move or remove)")
     action, ifname = words[0], words[1]
     if problem := ifname_problem(ifname):
         raise UsageError(f"nic-event: interface name {problem}")
-    if args.detach:
-        detach_and_handle(action, ifname)
-        return 0
     for line in handle(action, ifname):
         print(line)
+    return 0
+
+
+def cmd_agent(args) -> int:
+    from .agent import listener, serve
+    serve(listener())
     return 0
 
 

@@ -23,7 +23,6 @@ else:
     import tomli as tomllib
 
 DEFAULT_PATH = "/etc/kvmhooks/kvmhooks.toml"
-DEFAULT_STATE_DIR = "/run/kvmhooks"
 
 _UPLINK_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 _NETWORK_NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
@@ -75,10 +74,6 @@ class Config:
 
 def config_path() -> str:
     return os.environ.get("KVMHOOKS_CONFIG", DEFAULT_PATH)
-
-
-def state_dir() -> str:
-    return os.environ.get("KVMHOOKS_STATE_DIR", DEFAULT_STATE_DIR)
 
 
 def load(path: str | None = None) -> Config:

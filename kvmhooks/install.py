@@ -1,8 +1,9 @@
 """`kvmhooks install`: the files a non-RPM install puts on the host.
 
 Everything to write is computed first (pure), then one thin loop writes it under a root
-prefix that tests point at a temporary directory. The RPM ships the same files, rendered
-for /usr/bin (hooks/, udev/, packaging/ in the source tree; a unit test keeps them equal).
+prefix that tests point at a temporary directory. The RPM ships the same files rendered
+for its own layout (hooks/, udev/, packaging/ in the source tree; a unit test keeps them
+equal to RPM_LAYOUT's rendering).
 """
 
 from __future__ import annotations
@@ -13,13 +14,49 @@ from dataclasses import dataclass
 
 from .names import IGNORED_DEVTYPES, IGNORED_NAME_GLOBS
 
-HOOK_ENTRY_POINTS = {"qemu": "qemu_main", "network": "network_main"}
 HOOK_PATH = "etc/libvirt/hooks/{kind}.d/kvmhooks"
 RULE_PATH = "usr/lib/udev/rules.d/90-kvmhooks.rules"
-UNIT_PATH = "usr/lib/systemd/system/kvmhooks-nic@.service"
+NIC_UNIT_PATH = "usr/lib/systemd/system/kvmhooks-nic@.service"
+AGENT_SOCKET_PATH = "usr/lib/systemd/system/kvmhooks-agent.socket"
+AGENT_SERVICE_PATH = "usr/lib/systemd/system/kvmhooks-agent.service"
 LINK_PATH = "usr/lib/systemd/network/10-kvmhooks.link"
-RPM_INTERPRETER = "/usr/bin/python3"
-RPM_COMMAND = "/usr/bin/kvmhooks"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How the installed files reach kvmhooks."""
+
+    interpreter: str  # the Python that has kvmhooks
+    client: str  # hookclient.py, run with `-I -S` (standard library only)
+    command: str  # the kvmhooks command line
+
+
+RPM_LAYOUT = Layout("/usr/bin/python3", "/usr/libexec/kvmhooks/hookclient.py",
+                    "/usr/bin/kvmhooks")
+
+
+def local_layout() -> Layout:
+    """For the Python running this: a virtualenv, or a pip install without the RPM."""
+    client = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hookclient.py")
+    return Layout(sys.executable, client, f"{sys.executable} -I -m kvmhooks")
+
+
+# The hooks are shell scripts: libvirt calls the qemu hook five times per start and stop,
+# and three of those calls have nothing to do; the rest go to hookclient.py.
+QEMU_HOOK = """\
+#!/bin/sh
+# libvirt qemu hook (installed as /etc/libvirt/hooks/qemu.d/kvmhooks): kvmhooks.
+# start, started and stopped have nothing to do: answered before any Python starts.
+case "$2" in start|started|stopped) exit 0 ;; esac
+exec {interpreter} -I -S {client} qemu "$@"
+"""
+
+NETWORK_HOOK = """\
+#!/bin/sh
+# libvirt network hook (installed as /etc/libvirt/hooks/network.d/kvmhooks): kvmhooks.
+case "$2" in start|stopped) ;; *) exit 0 ;; esac
+exec {interpreter} -I -S {client} network "$@"
+"""
 
 # udev's default MACAddressPolicy=persistent gives a new virtual link a MAC of its own
 # unless userspace set one first; a tap gets its MAC only after it exists, so udev
@@ -33,10 +70,11 @@ OriginalName=kh*
 MACAddressPolicy=none
 """
 
-# The rule only starts the work: through the service where systemd runs, as a detached
-# process where it does not. Each event gets its own service instance (SEQNUM), and the
-# handler collapses bursts itself. kvmhooks' own devices, libvirt's taps and macvtaps
-# and bridges never are uplink NICs: ignoring them keeps our own work from making events.
+# The rule only starts the work: through the service where systemd runs; elsewhere
+# through hookclient.py, which hands the event to the agent or handles it in a detached
+# process. Each event gets its own service instance (SEQNUM), and the handler collapses
+# bursts itself. kvmhooks' own devices, libvirt's taps and macvtaps and bridges never
+# are uplink NICs: ignoring them keeps our own work from making events.
 RULE_TEMPLATE = """\
 # kvmhooks: a NIC that appears, is renamed or goes away -> `kvmhooks nic-event`.
 ACTION!="add|move|remove", GOTO="kvmhooks_end"
@@ -46,22 +84,44 @@ ENV{{DEVTYPE}}=="{ignored_devtypes}", GOTO="kvmhooks_end"
 TEST=="/run/systemd/system", \\
   RUN+="{start_service}", \\
   GOTO="kvmhooks_end"
-RUN+="{command} nic-event --detach $env{{ACTION}} %k"
+RUN+="{interpreter} -I -S {client} nic-event $env{{ACTION}} %k"
 LABEL="kvmhooks_end"
 """
 
 START_SERVICE = ("/usr/bin/systemctl --no-block start "
                  "kvmhooks-nic@$env{ACTION}:%k:$env{SEQNUM}.service")
 
-UNIT_TEMPLATE = """\
+NIC_UNIT_TEMPLATE = """\
 [Unit]
 Description=kvmhooks: bring back what lives on a NIC after its event (%I)
-Documentation=man:kvmhooks(1)
-After=libvirtd.service virtqemud.service virtnetworkd.service
+After=libvirtd.service virtqemud.service virtnetworkd.service kvmhooks-agent.socket
 
 [Service]
 Type=oneshot
 ExecStart={command} nic-event %I
+"""
+
+AGENT_SOCKET_TEXT = """\
+[Unit]
+Description=kvmhooks agent socket: the fast path of the libvirt hooks
+
+[Socket]
+ListenStream=/run/kvmhooks/agent.sock
+SocketMode=0600
+DirectoryMode=0700
+
+[Install]
+WantedBy=sockets.target
+"""
+
+AGENT_SERVICE_TEMPLATE = """\
+[Unit]
+Description=kvmhooks agent: the engine, kept warm for libvirt hooks and NIC events
+Requires=kvmhooks-agent.socket
+After=kvmhooks-agent.socket
+
+[Service]
+ExecStart={command} agent
 """
 
 
@@ -72,38 +132,31 @@ class InstalledFile:
     mode: int
 
 
-def hook_shim(kind: str, interpreter: str) -> str:
-    """The hook executable: a few lines that hand argv and stdin to kvmhooks.hooks."""
-    entry = HOOK_ENTRY_POINTS[kind]
-    return (f"#!{interpreter} -I\n"
-            f'"""libvirt {kind} hook (installed as /{HOOK_PATH.format(kind=kind)})."""\n'
-            "import sys\n\n"
-            f"from kvmhooks.hooks import {entry}\n\n"
-            f"sys.exit({entry}(sys.argv[1:]))\n")
-
-
-def rule_text(command: str) -> str:
-    return RULE_TEMPLATE.format(command=command, start_service=START_SERVICE,
+def rule_text(layout: Layout) -> str:
+    return RULE_TEMPLATE.format(interpreter=layout.interpreter, client=layout.client,
+                                start_service=START_SERVICE,
                                 ignored_names="|".join(IGNORED_NAME_GLOBS),
                                 ignored_devtypes="|".join(IGNORED_DEVTYPES))
 
 
-def planned_files(interpreter: str, command: str) -> list[InstalledFile]:
-    """command runs the kvmhooks command line: /usr/bin/kvmhooks, or INTERPRETER -m."""
-    hooks = [InstalledFile(HOOK_PATH.format(kind=kind), hook_shim(kind, interpreter), 0o755)
-             for kind in HOOK_ENTRY_POINTS]
-    return hooks + [
-        InstalledFile(RULE_PATH, rule_text(command), 0o644),
-        InstalledFile(UNIT_PATH, UNIT_TEMPLATE.format(command=command), 0o644),
+def planned_files(layout: Layout) -> list[InstalledFile]:
+    hook = {"interpreter": layout.interpreter, "client": layout.client}
+    return [
+        InstalledFile(HOOK_PATH.format(kind="qemu"), QEMU_HOOK.format(**hook), 0o755),
+        InstalledFile(HOOK_PATH.format(kind="network"), NETWORK_HOOK.format(**hook), 0o755),
+        InstalledFile(RULE_PATH, rule_text(layout), 0o644),
+        InstalledFile(NIC_UNIT_PATH, NIC_UNIT_TEMPLATE.format(command=layout.command), 0o644),
+        InstalledFile(AGENT_SOCKET_PATH, AGENT_SOCKET_TEXT, 0o644),
+        InstalledFile(AGENT_SERVICE_PATH,
+                      AGENT_SERVICE_TEMPLATE.format(command=layout.command), 0o644),
         InstalledFile(LINK_PATH, LINK_TEXT, 0o644),
     ]
 
 
-def install(root: str = "/", interpreter: str | None = None) -> list[str]:
+def install(root: str = "/", layout: Layout | None = None) -> list[str]:
     """Write every file whose content differs; returns one line per file."""
-    interpreter = interpreter or sys.executable
     lines = []
-    for item in planned_files(interpreter, f"{interpreter} -I -m kvmhooks"):
+    for item in planned_files(layout or local_layout()):
         path = os.path.join(root, item.path)
         try:
             with open(path, encoding="utf-8") as stream:

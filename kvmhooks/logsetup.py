@@ -4,30 +4,30 @@ from __future__ import annotations
 
 import logging
 import logging.handlers
-import os
 
 SYSLOG_SOCKET = "/dev/log"
 
 
 def setup(to_stderr: bool) -> logging.Logger:
     logger = logging.getLogger("kvmhooks")
+    if logger.handlers:  # the agent runs many calls in one process
+        return logger
     logger.setLevel(logging.INFO)
     logger.propagate = False
-    # Without any handler, logging's last resort would print warnings to stderr,
-    # which a hook must keep for its one error line.
-    logger.addHandler(logging.NullHandler())
-    if os.path.exists(SYSLOG_SOCKET):
-        try:
-            handler = logging.handlers.SysLogHandler(
-                address=SYSLOG_SOCKET, facility=logging.handlers.SysLogHandler.LOG_DAEMON)
-        except OSError:  # a socket nobody listens on: no syslog, and no reason to fail
-            handler = None
-        if handler is not None:
-            handler.setFormatter(logging.Formatter("kvmhooks[%(process)d]: %(message)s"))
-            logger.addHandler(handler)
+    # A log that cannot be written must never fail a hook: no tracebacks on stderr,
+    # which a hook keeps for its one error line.
+    logging.raiseExceptions = False
+    try:
+        # Connects lazily and again after errors: syslog may start after the agent.
+        handler = logging.handlers.SysLogHandler(
+            address=SYSLOG_SOCKET, facility=logging.handlers.SysLogHandler.LOG_DAEMON)
+    except OSError:
+        handler = logging.NullHandler()
+    handler.setFormatter(logging.Formatter("kvmhooks[%(process)d]: %(message)s"))
+    logger.addHandler(handler)
     if to_stderr:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("kvmhooks: %(message)s"))
-        handler.setLevel(logging.WARNING)
-        logger.addHandler(handler)
+        stream = logging.StreamHandler()
+        stream.setFormatter(logging.Formatter("kvmhooks: %(message)s"))
+        stream.setLevel(logging.WARNING)
+        logger.addHandler(stream)
     return logger

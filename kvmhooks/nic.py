@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import fnmatch
 import logging
-import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 from . import config as config_module
@@ -26,6 +26,7 @@ from .rewrite import apply_source, find_interface
 from .xmlsafe import UnsafeXml, parse, serialize
 
 log = logging.getLogger("kvmhooks")
+MAX_PARALLEL_REPLUGS = 32
 
 
 
@@ -54,7 +55,8 @@ def handle(action: str, ifname: str) -> list[str]:
             affected = resolve_affected(config, inventory, ifname)
             if not affected:
                 return []
-            return _reconnect(ifname, action, config, netlink, affected)
+            return _reconnect(ifname, action, config, netlink, affected,
+                              inventory.by_name(ifname).index)
 
 
 def _lost_uplinks(ifname, config, inventory) -> set[str]:
@@ -119,79 +121,66 @@ def _losses(ifname, action, lost) -> list[str]:
     return lines
 
 
-def _reconnect(ifname, action, config, netlink, affected) -> list[str]:
+def _reconnect(ifname, action, config, netlink, affected, nic_index) -> list[str]:
     from .virt import Libvirt
     context = f"NIC {ifname} {action}"
-    inventory = engine.scan(netlink, config)
+
+    def failed(subject: str, error: KvmhooksError) -> str:
+        """A NIC that went away, or came back as a new device, while this handler worked
+        is a loss the handler of its own event repairs (it waits for the host lock or is
+        collapsed into one that does); anything else is an error."""
+        current = netlink.inventory().by_name(ifname)
+        if current is None or current.index != nic_index:
+            line = f"{subject}: NIC {ifname} changed while being handled ({error})"
+            log.warning("%s", line)
+        else:
+            line = f"{subject}: {error}"
+            log.error("%s", line)
+        return line
+
     try:
+        inventory = engine.scan(netlink, config)
         done = apply(plan_uplinks(affected, config, inventory).actions, netlink, context)
     except KvmhooksError as error:
-        return [_failed(context, ifname, netlink, error)]
+        return [failed(context, error)]
     lines = [f"{context}: {step.describe()}" for step in done]
     inventory = engine.scan(netlink, config)
     with Libvirt() as virt:
+        jobs = []
         for guest in _running_tagged(virt):
+            subject = f"domain {guest.domain.name} {context}"
             try:
-                lines += _reconnect_guest(virt, guest, affected, config, netlink, inventory,
-                                          context)
+                plan, replugs = plan_reconnect(guest.domain, affected, config, inventory,
+                                               guest.unplugged)
+                done = apply(plan.actions, netlink, subject)
             except KvmhooksError as error:
-                lines.append(_failed(f"domain {guest.domain.name} {context}", ifname,
-                                     netlink, error))
+                lines.append(failed(subject, error))
+                continue
+            lines += [f"{subject}: {step.describe()}" for step in done]
+            jobs += [(guest, replug, subject) for replug in replugs]
+        # Re-plugs wait for each guest to eject its NIC: all guests at once, not in turn.
+        with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL_REPLUGS, len(jobs) or 1)) as pool:
+            for result in pool.map(lambda job: _replug(virt, *job), jobs):
+                lines.append(result if isinstance(result, str) else failed(*result))
     return lines
 
 
-def _reconnect_guest(virt, guest, affected, config, netlink, inventory, context) -> list[str]:
-    domain = guest.domain
-    plan, replugs = plan_reconnect(domain, affected, config, inventory, guest.unplugged)
-    guest_context = f"domain {domain.name} {context}"
-    done = apply(plan.actions, netlink, guest_context)
-    lines = [f"{guest_context}: {step.describe()}" for step in done]
-    for replug in replugs:
-        old = find_interface(guest.roots[replug.mac], replug.mac)
-        new = copy.deepcopy(old)
-        if replug.source is not None:
-            apply_source(new, replug.source)
-            for target in new.findall("target"):
-                new.remove(target)
+def _replug(virt, guest, replug, subject):
+    """Detach and attach one interface; its line, or (subject, error) when it failed."""
+    old = find_interface(guest.roots[replug.mac], replug.mac)
+    new = copy.deepcopy(old)
+    if replug.source is not None:
+        apply_source(new, replug.source)
+        for target in new.findall("target"):
+            new.remove(target)
+    try:
         virt.replug(guest.dom, replug.mac, serialize(old) if replug.detach else None,
                     serialize(new))
-        line = f"{guest_context}: re-plugged interface {replug.mac}"
-        log.info("%s", line)
-        lines.append(line)
-    return lines
-
-
-def _failed(context: str, ifname: str, netlink, error) -> str:
-    """A NIC that went away again in the middle is a loss the next event repairs, not
-    an error; anything else is."""
-    if netlink.inventory().by_name(ifname) is None:
-        line = f"{context}: NIC {ifname} went away again ({error})"
-        log.warning("%s", line)
-    else:
-        line = f"{context}: {error}"
-        log.error("%s", line)
+    except KvmhooksError as error:
+        return subject, error
+    line = f"{subject}: re-plugged interface {replug.mac}"
+    log.info("%s", line)
     return line
-
-
-def detach_and_handle(action: str, ifname: str) -> None:
-    """Return at once (udev must stay fast) and handle the event in a process of its own,
-    for hosts where no systemd runs the kvmhooks-nic@ service."""
-    child = os.fork()
-    if child > 0:
-        os.waitpid(child, 0)  # the first child leaves at once; the grandchild works
-        return
-    try:
-        os.setsid()
-        if os.fork() > 0:
-            os._exit(0)
-        devnull = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):
-            os.dup2(devnull, fd)
-        handle(action, ifname)
-    except BaseException:  # noqa: BLE001 - a detached child reports to the log only
-        log.exception("NIC %s %s: handler failed", ifname, action)
-    finally:
-        os._exit(0)
 
 
 def watch() -> None:

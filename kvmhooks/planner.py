@@ -391,6 +391,8 @@ class _DevicePlanner:
 
     def uplink(self, uplink: Uplink, resolution: Resolution) -> None:
         nic = self.inventory.by_name(resolution.nic)
+        if nic is None:  # resolved on an earlier snapshot, gone since
+            raise NicAbsent(uplink.name, uplink.selector())
         if resolution.bridge:
             self.bridge(uplink, resolution.bridge, nic)
         elif nic.master is not None:

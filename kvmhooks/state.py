@@ -9,8 +9,14 @@ import json
 import os
 import stat
 
-from .config import state_dir
 from .errors import HostError
+from .hookclient import state_dir
+
+
+def state_directory() -> str:
+    """The state directory, made root-only when missing and refused when others may
+    write it."""
+    return _directory()
 
 
 def _directory(*parts: str) -> str:

@@ -372,6 +372,40 @@ class SyslogCapture:
             _remove_file(self.PATH)
 
 
+AGENT_PIDFILE = Path("/run/kvmhooks-agent.pid")  # written by scripts/lab-setup too
+AGENT_SOCKET = Path("/run/kvmhooks/agent.sock")
+
+
+def agent_pid() -> int | None:
+    """The running kvmhooks agent's PID, or None."""
+    try:
+        pid = int(AGENT_PIDFILE.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if Path(f"/proc/{pid}").exists() and AGENT_SOCKET.exists() else None
+
+
+def stop_agent() -> None:
+    pid = agent_pid()
+    if pid is None:
+        return
+    os.kill(pid, 15)
+    wait_for(lambda: not Path(f"/proc/{pid}").exists(), 10, what=f"agent {pid} to stop")
+    _remove_file(str(AGENT_SOCKET))
+
+
+def start_agent() -> int:
+    """Start `kvmhooks agent` as scripts/lab-setup does; returns its PID."""
+    import sys
+    _remove_file(str(AGENT_SOCKET))
+    process = subprocess.Popen([sys.executable, "-m", "kvmhooks", "agent"],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    AGENT_PIDFILE.write_text(f"{process.pid}\n")
+    wait_for(AGENT_SOCKET.exists, 10, what="the agent's socket")
+    return process.pid
+
+
 def settle_nic_events(timeout: float = 15.0) -> None:
     """Wait until udev has run its queue and no `kvmhooks nic-event` handler runs."""
     subprocess.run(["udevadm", "settle", f"--timeout={int(timeout)}"], check=False)

@@ -15,80 +15,92 @@ REPO = Path(__file__).resolve().parents[2]
 QEMU_HOOK = "etc/libvirt/hooks/qemu.d/kvmhooks"
 
 
-def test_install_writes_an_executable_qemu_hook(tmp_path):
-    lines = install.install(root=str(tmp_path), interpreter="/opt/venv/bin/python")
+VENV = install.Layout("/opt/venv/bin/python", "/opt/venv/src/kvmhooks/hookclient.py",
+                      "/opt/venv/bin/python -I -m kvmhooks")
+SYSTEM = install.Layout("/usr/bin/python3", "/usr/lib/kvmhooks/hookclient.py",
+                        "/usr/bin/kvmhooks")
+
+
+def test_install_writes_executable_shell_hooks(tmp_path):
+    lines = install.install(root=str(tmp_path), layout=VENV)
     hook = tmp_path / QEMU_HOOK
     assert f"installed {hook}" in lines
     assert os.stat(hook).st_mode & 0o777 == 0o755
     text = hook.read_text()
-    assert text.startswith("#!/opt/venv/bin/python -I\n")
-    assert "from kvmhooks.hooks import qemu_main" in text
+    assert text.startswith("#!/bin/sh\n")
+    assert 'case "$2" in start|started|stopped) exit 0 ;; esac' in text
+    assert text.endswith('exec /opt/venv/bin/python -I -S /opt/venv/src/kvmhooks/hookclient.py '
+                         'qemu "$@"\n')
     assert not list(hook.parent.glob("*.kvmhooks-new"))
 
 
 def test_install_is_idempotent(tmp_path):
-    first = install.install(root=str(tmp_path), interpreter="/usr/bin/python3")
-    second = install.install(root=str(tmp_path), interpreter="/usr/bin/python3")
+    first = install.install(root=str(tmp_path), layout=SYSTEM)
+    second = install.install(root=str(tmp_path), layout=SYSTEM)
     assert all(line.startswith("installed ") for line in first)
     assert second == [line.replace("installed ", "unchanged ", 1) for line in first]
 
 
 def test_install_repairs_mode_and_content(tmp_path):
-    install.install(root=str(tmp_path), interpreter="/usr/bin/python3")
+    install.install(root=str(tmp_path), layout=SYSTEM)
     hook = tmp_path / QEMU_HOOK
     hook.chmod(0o644)
-    assert f"installed {hook}" in install.install(root=str(tmp_path),
-                                                  interpreter="/usr/bin/python3")
+    assert f"installed {hook}" in install.install(root=str(tmp_path), layout=SYSTEM)
     assert os.stat(hook).st_mode & 0o777 == 0o755
-    assert f"installed {hook}" in install.install(root=str(tmp_path),
-                                                  interpreter="/usr/bin/python3.12")
-    assert hook.read_text().startswith("#!/usr/bin/python3.12 -I\n")
+    assert f"installed {hook}" in install.install(root=str(tmp_path), layout=VENV)
+    assert "/opt/venv/bin/python -I -S" in hook.read_text()
 
 
 def test_install_leaves_an_administrators_own_qemu_hook_alone(tmp_path):
     own = tmp_path / "etc/libvirt/hooks/qemu"
     own.parent.mkdir(parents=True)
     own.write_text("#!/bin/sh\nexit 0\n")
-    install.install(root=str(tmp_path), interpreter="/usr/bin/python3")
+    install.install(root=str(tmp_path), layout=SYSTEM)
     assert own.read_text() == "#!/bin/sh\nexit 0\n"
 
 
-def test_repo_hook_is_the_generated_shim():
-    assert (REPO / "hooks" / "qemu").read_text() == install.hook_shim("qemu", "/usr/bin/python3")
+def test_local_layout_points_at_this_python_and_package():
+    layout = install.local_layout()
+    assert os.path.isfile(layout.client) and layout.client.endswith("kvmhooks/hookclient.py")
+    assert layout.command.endswith("-I -m kvmhooks")
 
 
 def test_source_tree_files_are_the_rpm_rendering():
     # hooks/, udev/ and packaging/ hold what the RPM installs; `install` renders the same
     # templates for the Python that runs it.
-    rendered = {item.path: item.text for item in install.planned_files(
-        install.RPM_INTERPRETER, install.RPM_COMMAND)}
+    rendered = {item.path: item for item in install.planned_files(install.RPM_LAYOUT)}
     tree = {
         "etc/libvirt/hooks/qemu.d/kvmhooks": REPO / "hooks" / "qemu",
         "etc/libvirt/hooks/network.d/kvmhooks": REPO / "hooks" / "network",
         install.RULE_PATH: REPO / "udev" / "90-kvmhooks.rules",
-        install.UNIT_PATH: REPO / "packaging" / "kvmhooks-nic@.service",
+        install.NIC_UNIT_PATH: REPO / "packaging" / "kvmhooks-nic@.service",
+        install.AGENT_SOCKET_PATH: REPO / "packaging" / "kvmhooks-agent.socket",
+        install.AGENT_SERVICE_PATH: REPO / "packaging" / "kvmhooks-agent.service",
         install.LINK_PATH: REPO / "packaging" / "10-kvmhooks.link",
     }
     assert set(tree) == set(rendered)
     for path, source in tree.items():
-        assert source.read_text() == rendered[path], path
+        assert source.read_text() == rendered[path].text, path
+        assert source.stat().st_mode & 0o777 == rendered[path].mode, path
 
 
-def test_install_renders_commands_for_its_interpreter(tmp_path):
-    install.install(root=str(tmp_path), interpreter="/opt/venv/bin/python")
+def test_install_renders_commands_for_its_layout(tmp_path):
+    install.install(root=str(tmp_path), layout=VENV)
     rule = (tmp_path / install.RULE_PATH).read_text()
-    assert 'RUN+="/opt/venv/bin/python -I -m kvmhooks nic-event --detach' in rule
-    unit = (tmp_path / install.UNIT_PATH).read_text()
+    assert ('RUN+="/opt/venv/bin/python -I -S /opt/venv/src/kvmhooks/hookclient.py '
+            'nic-event $env{ACTION} %k"') in rule
+    unit = (tmp_path / install.NIC_UNIT_PATH).read_text()
     assert "ExecStart=/opt/venv/bin/python -I -m kvmhooks nic-event %I" in unit
-    network = tmp_path / "etc/libvirt/hooks/network.d/kvmhooks"
-    assert network.read_text().startswith("#!/opt/venv/bin/python -I\n")
-    assert network.stat().st_mode & 0o777 == 0o755
+    agent = (tmp_path / install.AGENT_SERVICE_PATH).read_text()
+    assert "ExecStart=/opt/venv/bin/python -I -m kvmhooks agent" in agent
+    network = (tmp_path / "etc/libvirt/hooks/network.d/kvmhooks").read_text()
+    assert 'case "$2" in start|stopped) ;; *) exit 0 ;; esac' in network
 
 
 # --- the udev rule's filter and nic.is_candidate say the same -----------------------------
 
 def _rule_list(key: str) -> list[str]:
-    rule = install.rule_text(install.RPM_COMMAND)
+    rule = install.rule_text(install.RPM_LAYOUT)
     found = re.findall(r"^" + re.escape(key) + r'=="([^"]*)", GOTO="kvmhooks_end"$', rule,
                        re.MULTILINE)
     assert len(found) == 1, f"one {key}== line expected in the rule"

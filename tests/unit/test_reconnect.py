@@ -315,7 +315,6 @@ def cli_guard(monkeypatch, tmp_path):
     def must_not_run(*args, **kwargs):
         raise AssertionError("nic-event reached the handler")
     monkeypatch.setattr("kvmhooks.nic.handle", must_not_run)
-    monkeypatch.setattr("kvmhooks.nic.detach_and_handle", must_not_run)
     monkeypatch.setenv("KVMHOOKS_CONFIG", str(tmp_path / "absent.toml"))
     monkeypatch.setattr("kvmhooks.logsetup.SYSLOG_SOCKET", "/nonexistent/log")
     logger = logging.getLogger("kvmhooks")
@@ -334,7 +333,7 @@ def cli_guard(monkeypatch, tmp_path):
     (["move:a/b:7"], "is not a valid interface name"),
     (["remove", "abcdefghijklmnop"], "is longer than 15 characters"),
     (["add:abcdefghijklmnop:12"], "is longer than 15 characters"),
-    (["--detach", "add", "../eth0"], "is not a valid interface name"),
+    (["add", "../eth1"], "is not a valid interface name"),
     (["add:"], "is not a valid interface name"),
 ])
 def test_bad_nic_event_forms_exit_2_with_one_line(words, needle, cli_guard, capsys):

@@ -1,0 +1,188 @@
+"""What the hook executables and the udev rule run first, as
+`python3 -I -S hookclient.py TRIGGER ARGS...`: without site-packages, with nothing but the
+standard library, so a call with nothing to do costs a bare interpreter start.
+
+It decides whether a call has work (triage); hands work to the kvmhooks agent, which keeps
+the engine and its imports warm; and runs the work in-process where no agent listens.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import sys
+from dataclasses import dataclass
+
+NAMESPACE_BYTES = b"urn:kvmhooks:net:1"
+DEFAULT_STATE_DIR = "/run/kvmhooks"
+AGENT_SOCKET = "agent.sock"
+AGENT_TIMEOUT = 600.0  # a prepare may wait for the host lock behind re-plugs
+
+QEMU_NOTHING_TO_DO = frozenset({"start", "started", "stopped"})
+QEMU_REWRITES_XML = frozenset({"migrate", "restore"})  # stdout replaces the domain XML
+QEMU_NEVER_FAIL = frozenset({"reconnect", "attach", "release"})  # failing hurts the guest
+QEMU_KNOWN = QEMU_NOTHING_TO_DO | QEMU_REWRITES_XML | QEMU_NEVER_FAIL | {"prepare"}
+NETWORK_OPERATIONS = frozenset({"start", "stopped"})
+NIC_ACTIONS = frozenset({"add", "move", "remove"})
+_UUID = re.compile(rb"<uuid>\s*([0-9a-fA-F-]{36})\s*</uuid>")
+_IFNAME = re.compile(r"^[A-Za-z0-9_.+-]{1,15}$")
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The call is answered without the engine."""
+
+    status: int = 0
+    stdout: bytes = b""
+    stderr: str = ""
+
+
+@dataclass(frozen=True)
+class Work:
+    """The call needs the engine, with this input."""
+
+    data: bytes = b""
+
+
+def state_dir() -> str:
+    return os.environ.get("KVMHOOKS_STATE_DIR", DEFAULT_STATE_DIR)
+
+
+def triage(trigger: str, argv: list[str], stdin) -> Answer | Work:
+    """trigger: qemu, network or nic-event; argv as libvirt or udev passes it."""
+    if trigger == "qemu":
+        return _triage_qemu(argv, stdin)
+    if trigger == "network":
+        return _triage_network(argv, stdin)
+    if trigger == "nic-event":
+        if len(argv) != 2 or argv[0] not in NIC_ACTIONS or not _IFNAME.match(argv[1]):
+            return Answer(2, stderr="usage: nic-event add|move|remove IFNAME")
+        return Work()
+    return Answer(2, stderr=f"unknown trigger '{trigger}' (qemu, network or nic-event)")
+
+
+def _triage_qemu(argv: list[str], stdin) -> Answer | Work:
+    if len(argv) < 2:
+        return Answer(2, stderr="usage: qemu DOMAIN OPERATION SUB-OPERATION EXTRA "
+                                "(as libvirt calls it)")
+    name, operation = argv[0], argv[1]
+    if operation in QEMU_NOTHING_TO_DO:
+        return Answer()
+    if operation not in QEMU_KNOWN:
+        return Answer(stderr=f"qemu hook: ignoring unknown operation '{operation}' for "
+                             f"domain {name}")
+    data = stdin.read()
+    if NAMESPACE_BYTES in data or (operation == "release" and _has_record(data)):
+        return Work(data)
+    return Answer(stdout=data if operation in QEMU_REWRITES_XML else b"")
+
+
+def _triage_network(argv: list[str], stdin) -> Answer | Work:
+    if len(argv) < 2:
+        return Answer(2, stderr="usage: network NETWORK OPERATION SUB-OPERATION EXTRA "
+                                "(as libvirt calls it)")
+    if argv[1] not in NETWORK_OPERATIONS:
+        return Answer()
+    return Work(stdin.read())
+
+
+def release_uuid(data: bytes) -> str | None:
+    match = _UUID.search(data)
+    return match.group(1).decode("ascii").lower() if match else None
+
+
+def _has_record(data: bytes) -> bool:
+    """Whether kvmhooks built something for this domain (its metadata may be gone)."""
+    uuid = release_uuid(data)
+    return uuid is not None and os.path.exists(
+        os.path.join(state_dir(), "domains", f"{uuid}.json"))
+
+
+# --- the agent's wire format: one JSON line, then that many bytes ------------------------
+
+def send_message(stream, header: dict, payload: bytes) -> None:
+    stream.write(json.dumps({**header, "size": len(payload)}).encode() + b"\n" + payload)
+    stream.flush()
+
+
+def read_message(stream) -> tuple[dict, bytes] | None:
+    line = stream.readline()
+    if not line:
+        return None
+    header = json.loads(line)
+    payload = stream.read(header["size"]) if header["size"] else b""
+    return header, payload
+
+
+def ask_agent(trigger: str, argv: list[str], data: bytes) -> Answer | None:
+    """The agent's answer, or None when no agent listens (nothing was sent then)."""
+    connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    connection.settimeout(AGENT_TIMEOUT)
+    try:
+        connection.connect(os.path.join(state_dir(), AGENT_SOCKET))
+    except OSError:
+        connection.close()
+        return None
+    with connection, connection.makefile("rwb") as stream:
+        send_message(stream, {"trigger": trigger, "argv": argv}, data)
+        reply = read_message(stream)
+    if reply is None:
+        return Answer(1, stderr=f"{trigger}: the kvmhooks agent closed the connection")
+    header, stdout = reply
+    return Answer(header["status"], stdout, header.get("stderr", ""))
+
+
+# --- where no agent listens: the engine in this process --------------------------------
+
+def run_in_process(trigger: str, argv: list[str], data: bytes) -> Answer:
+    """Import the engine here (site-packages first: this interpreter started without)."""
+    import site
+    site.main()
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if trigger == "nic-event":
+        return _detach_nic_event(argv)
+    from kvmhooks.hooks import run_engine
+    return run_engine(trigger, argv, data)
+
+
+def _detach_nic_event(argv: list[str]) -> Answer:
+    """udev must stay fast: handle the event in a process of its own and return."""
+    child = os.fork()
+    if child > 0:
+        os.waitpid(child, 0)  # the first child leaves at once; the grandchild works
+        return Answer()
+    try:
+        os.setsid()
+        if os.fork() > 0:
+            os._exit(0)
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        from kvmhooks.hooks import run_engine
+        run_engine("nic-event", argv, b"")
+    finally:
+        os._exit(0)
+
+
+def main(argv: list[str]) -> int:
+    if not argv:
+        answer = Answer(2, stderr="usage: hookclient qemu|network|nic-event ARGS...")
+    else:
+        answer = triage(argv[0], argv[1:], sys.stdin.buffer)
+        if isinstance(answer, Work):
+            data = answer.data
+            answer = ask_agent(argv[0], argv[1:], data) or run_in_process(argv[0], argv[1:],
+                                                                          data)
+    if answer.stdout:
+        sys.stdout.buffer.write(answer.stdout)
+        sys.stdout.buffer.flush()
+    if answer.stderr:
+        sys.stderr.write("".join(f"kvmhooks: {line}\n"
+                                 for line in answer.stderr.splitlines()))
+    return answer.status
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
