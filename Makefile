@@ -1,5 +1,5 @@
 # kvmhooks: lab and developer entry points (run as root on the lab machine).
-.PHONY: setup test demo lint rpm
+.PHONY: setup test demo lint rpm bench
 
 VENV_PY := .venv/bin/python
 EL ?= 9
@@ -12,6 +12,9 @@ test: setup
 
 demo: setup
 	$(VENV_PY) -m demo
+
+bench: setup
+	$(VENV_PY) bench/run.py
 
 lint:
 	.venv/bin/ruff check .

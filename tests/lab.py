@@ -406,6 +406,19 @@ def start_agent() -> int:
     return process.pid
 
 
+LAB_LOCK = Path("/run/lock/kvmhooks-system-tests.lock")
+
+
+def take_lab_lock(cleanup: Cleanup) -> None:
+    """The lab lock that system test runs, the demo and the benchmark share: one at a
+    time owns /etc/kvmhooks/kvmhooks.toml and the daemons."""
+    import fcntl
+    LAB_LOCK.parent.mkdir(parents=True, exist_ok=True)
+    lock = os.open(LAB_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    cleanup.add(os.close, lock, _what="release the lab lock")
+    fcntl.flock(lock, fcntl.LOCK_EX)
+
+
 def settle_nic_events(timeout: float = 15.0) -> None:
     """Wait until udev has run its queue and no `kvmhooks nic-event` handler runs."""
     subprocess.run(["udevadm", "settle", f"--timeout={int(timeout)}"], check=False)

@@ -1,0 +1,267 @@
+"""kvmhooks benchmark: five figures measured side by side in one run, with their targets.
+
+  a  a hook call with nothing to do, against `python -c pass` (the hooks' own interpreter)
+  b  prepare of a domain with four tagged interfaces (two bridge, two macvtap), same floor
+  c  start + destroy of that domain with kvmhooks, against the same domain in native form
+     with its shared devices made beforehand and no kvmhooks hook installed
+  d  40 tagged domains started 8 at a time, against the same without kvmhooks
+  e  a NIC flap with 20 running macvtap guests: time until every guest has its NIC back
+
+Run as root on the lab machine after `make setup` (`make bench` does both). It restarts
+libvirtd to take the hooks out and put them back for c and d, and boots 20 tiny TCG guests
+for e. Everything it makes is removed at the end, also on failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+import guest  # noqa: E402
+import lab  # noqa: E402
+from helpers import guest_mac  # noqa: E402
+from tagged import Iface, metadata_xml  # noqa: E402
+
+HOOKS = [Path("/etc/libvirt/hooks/qemu.d/kvmhooks"), Path("/etc/libvirt/hooks/network.d/kvmhooks")]
+TARGETS = {"a": 1.5, "b": 3.0, "c": 1.10, "d": 1.25, "e": 2.0}
+UNTAGGED = (b"<domain><name>kt-bench</name>"
+            b"<uuid>6b0d5f8e-1a2b-4c3d-8e9f-0a1b2c3d4e5f</uuid></domain>")
+
+
+def timed(command: list[str], stdin: bytes = b"") -> float:
+    start = time.perf_counter()
+    subprocess.run(command, input=stdin, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   check=False)
+    return time.perf_counter() - start
+
+
+def median_ms(samples: list[float]) -> float:
+    return statistics.median(samples) * 1000
+
+
+def interpreter() -> str:
+    """The Python the installed hooks run (their exec line)."""
+    last = HOOKS[0].read_text().strip().splitlines()[-1]
+    return last.split()[1]
+
+
+def report(key: str, ratio: float, text: str) -> bool:
+    ok = ratio <= TARGETS[key]
+    unit = "s" if key == "e" else "x"
+    print(f"{key}  {text}\n   {ratio:.2f}{unit} (target <= {TARGETS[key]}{unit})  "
+          f"{'PASS' if ok else 'FAIL'}", flush=True)
+    return ok
+
+
+# --- the lab ----------------------------------------------------------------------------
+
+def restart_libvirtd(hooks_installed: bool) -> None:
+    """libvirt reads its hook scripts when it starts: move ours aside or back, restart."""
+    for hook in HOOKS:
+        aside = hook.with_name(hook.name + ".bench-aside")
+        if hooks_installed and aside.exists():
+            shutil.move(aside, hook)
+        elif not hooks_installed and hook.exists():
+            shutil.move(hook, aside)
+    pid = int(Path("/run/libvirtd.pid").read_text())
+    os.kill(pid, 15)
+    lab.wait_for(lambda: not Path(f"/proc/{pid}").exists(), 30, what="libvirtd to stop")
+    subprocess.run(["libvirtd", "-d"], check=True)
+    lab.wait_for(lambda: subprocess.run(["virsh", "-c", "qemu:///system", "version"],
+                                        capture_output=True).returncode == 0,
+                 30, what="libvirtd to answer")
+
+
+def four_interfaces(uplink: str, bridge: str, native: bool) -> list[Iface]:
+    kinds = [("bridge", None), ("bridge", None), ("direct", "bridge"), ("direct", "private")]
+    return [Iface(guest_mac(), kind, uplink, mode, native=native,
+                  source=bridge) for kind, mode in kinds]
+
+
+def domain(name: str, ifaces: list[Iface]) -> str:
+    return lab.minimal_domain_xml(name, "".join(i.device() for i in ifaces), metadata_xml(ifaces))
+
+
+# --- the figures ------------------------------------------------------------------------
+
+def figure_a(rounds: int) -> bool:
+    python, hook = interpreter(), str(HOOKS[0])
+    floor, start, untagged = [], [], []
+    for _ in range(rounds):
+        floor.append(timed([python, "-c", "pass"]))
+        start.append(timed([hook, "kt-bench", "start", "begin", "-"]))
+        untagged.append(timed([hook, "kt-bench", "prepare", "begin", "-"], UNTAGGED))
+    ratio = median_ms(untagged) / median_ms(floor)
+    return report("a", ratio, f"no-op hook call: prepare of an untagged domain "
+                  f"{median_ms(untagged):.1f} ms, start {median_ms(start):.1f} ms; "
+                  f"`{python} -c pass` {median_ms(floor):.1f} ms (median of {rounds})")
+
+
+def figure_b(rounds: int, uplink: str, bridge: str) -> bool:
+    python, hook = interpreter(), str(HOOKS[0])
+    ifaces = four_interfaces(uplink, bridge, native=False)
+    xml = domain("kt-bench-b", ifaces).replace(
+        "<name>", "<uuid>7c1e2b3a-4d5e-4f60-8172-9a0b1c2d3e4f</uuid><name>", 1).encode()
+    floor, prepare = [], []
+    for _ in range(rounds):
+        floor.append(timed([python, "-c", "pass"]))
+        prepare.append(timed([hook, "kt-bench-b", "prepare", "begin", "-"], xml))
+        subprocess.run([hook, "kt-bench-b", "release", "end", "-"], input=xml, check=True)
+    for iface in ifaces:
+        assert not lab.link_exists(iface.hook_owned_dev), "release left a device"
+    ratio = median_ms(prepare) / median_ms(floor)
+    return report("b", ratio, f"prepare, 4 tagged interfaces (2 bridge, 2 macvtap): "
+                  f"{median_ms(prepare):.1f} ms; floor {median_ms(floor):.1f} ms "
+                  f"(median of {rounds})")
+
+
+def cycles(conn, cleanup, xml: str, count: int) -> list[float]:
+    dom = lab.define(conn, xml, cleanup)
+    samples = []
+    for _ in range(count):
+        start = time.perf_counter()
+        dom.create()
+        dom.destroy()
+        samples.append(time.perf_counter() - start)
+    lab.destroy_and_undefine(conn, dom.name())
+    return samples
+
+
+def figure_c(conn, cleanup, rounds: int, uplink: str, bridge: str) -> bool:
+    owned = domain(lab.unique_name("kt-bench-c"), four_interfaces(uplink, bridge, False))
+    native = domain(lab.unique_name("kt-bench-n"), four_interfaces(uplink, bridge, True))
+    with_hooks, without = [], []
+    for _ in range(2):  # two blocks each, so drift hits both sides
+        restart_libvirtd(hooks_installed=True)
+        with_hooks += cycles(conn_again(), cleanup, owned, rounds // 2)
+        restart_libvirtd(hooks_installed=False)
+        without += cycles(conn_again(), cleanup, native, rounds // 2)
+    restart_libvirtd(hooks_installed=True)
+    ratio = median_ms(with_hooks) / median_ms(without)
+    return report("c", ratio, f"start + destroy, 4 interfaces: kvmhooks "
+                  f"{median_ms(with_hooks):.0f} ms, native without hooks "
+                  f"{median_ms(without):.0f} ms (median of {len(with_hooks)} cycles each)")
+
+
+def conn_again():
+    """A fresh connection: libvirtd was restarted."""
+    return lab.connect()
+
+
+def start_many(cleanup, xmls: list[str], workers: int) -> tuple[float, int, list]:
+    conn = conn_again()
+    doms = [lab.define(conn, xml, cleanup) for xml in xmls]
+    failures = []
+
+    def start(dom):
+        try:
+            dom.create()
+        except Exception as error:  # noqa: BLE001 - counted and shown
+            failures.append(f"{dom.name()}: {error}")
+
+    begin = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(start, doms))
+    wall = time.perf_counter() - begin
+    for line in failures[:3]:
+        print(f"   failure: {line}")
+    return wall, len(failures), doms
+
+
+def figure_d(cleanup, uplink: str, bridge: str) -> bool:
+    owned = [Iface(guest_mac(), "bridge", uplink) for _ in range(40)]
+    native = [Iface(guest_mac(), "bridge", uplink, native=True, source=bridge)
+              for _ in range(40)]
+    restart_libvirtd(hooks_installed=True)
+    wall_with, failed_with, doms = start_many(
+        cleanup, [domain(lab.unique_name("kt-bench-d"), [i]) for i in owned], 8)
+    wrong = [i.mac for i in owned
+             if (lab.link_info(i.hook_owned_dev) or {}).get("master") != bridge]
+    for dom in doms:
+        lab.destroy_and_undefine(conn_again(), dom.name())
+    restart_libvirtd(hooks_installed=False)
+    wall_without, failed_without, doms = start_many(
+        cleanup, [domain(lab.unique_name("kt-bench-e"), [i]) for i in native], 8)
+    for dom in doms:
+        lab.destroy_and_undefine(conn_again(), dom.name())
+    restart_libvirtd(hooks_installed=True)
+    ratio = wall_with / wall_without
+    failures = failed_with + failed_without + len(wrong)
+    ok = report("d", ratio, f"40 tagged domains started 8 at a time: kvmhooks {wall_with:.2f} s, "
+                f"without {wall_without:.2f} s; failures {failed_with} + {failed_without}, "
+                f"wrongly attached {len(wrong)}")
+    return ok and failures == 0
+
+
+def figure_e(cleanup, kh_config, guests: int) -> bool:
+    subnet = lab.pick_subnet()
+    nic = lab.StandInNic(cleanup, None, None, subnet.addr(2))
+    kh_config(f'[uplink.flap]\nnic = "{nic.name}"\n')
+    conn = conn_again()
+    serials = []
+    ifaces = [Iface(guest_mac(), "direct", "flap", "bridge") for _ in range(guests)]
+    for number, iface in enumerate(ifaces):
+        name = lab.unique_name("kt-bench-g")
+        xml = guest.guest_domain_xml(name, iface.device(), {iface.mac: subnet.addr(10 + number)},
+                                     [], metadata_xml([iface]), memory_mib=96)
+        lab.define_and_start(conn, xml, cleanup)
+        serials.append(guest.SerialLog(lab.serial_log_path(name)))
+    for serial in serials:
+        guest.wait_ready(serial, timeout=300)
+    marks = [serial.offset() for serial in serials]
+    back: dict[int, float] = {}
+    nic.recreate()
+    flapped = time.perf_counter()
+    while len(back) < guests and time.perf_counter() - flapped < 60:
+        for number, (serial, mark) in enumerate(zip(serials, marks)):
+            if number not in back and any(line.startswith("KH nic ") and line.endswith(" up")
+                                          for line in serial.lines(mark)):
+                back[number] = time.perf_counter() - flapped
+        time.sleep(0.02)
+    slowest = max(back.values()) if len(back) == guests else float("inf")
+    ok = report("e", slowest, f"NIC flap, {guests} running macvtap guests: the last has its "
+                f"NIC back {slowest:.2f} s after the NIC (its guest's own report); "
+                f"{len(back)}/{guests} back")
+    return ok
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--cycles", type=int, default=20)
+    parser.add_argument("--guests", type=int, default=20)
+    args = parser.parse_args()
+    results = []
+    with lab.Cleanup() as cleanup:
+        lab.take_lab_lock(cleanup)
+        config = lab.ConfigFile(cleanup)
+        cleanup.add(restart_libvirtd, True, _what="hooks back in, libvirtd restarted")
+        subnet = lab.pick_subnet()
+        nic = lab.StandInNic(cleanup, None, subnet.addr(1), subnet.addr(2))
+        bridge = lab.unique_name("ktbr")
+        lab.delete_link_later(cleanup, bridge)
+        lab.delete_link_later(cleanup, "kh-bench")
+        config.write(f'[uplink.bench]\nnic = "{nic.name}"\nbridge = "{bridge}"\n')
+        print(f"kvmhooks benchmark, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores",
+              flush=True)
+        results.append(figure_a(args.rounds))
+        results.append(figure_b(args.rounds, "bench", bridge))
+        conn = lab.connect()
+        results.append(figure_c(conn, cleanup, args.cycles, "bench", bridge))
+        results.append(figure_d(cleanup, "bench", bridge))
+        results.append(figure_e(cleanup, config.write, args.guests))
+    print(f"{sum(results)}/{len(results)} targets met")
+    return 0 if all(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
