@@ -212,7 +212,14 @@ def cmd_apply(args) -> int:
             except KvmhooksError as error:
                 print(f"kvmhooks: {error}", file=sys.stderr)
                 status = max(status, error.exit_status)
+        if not args.domains:
+            for line in engine.remove_orphans(_running_uuids(virt)):
+                print(line)
     return status
+
+
+def _running_uuids(virt) -> set[str]:
+    return {dom.UUIDString().lower() for dom in virt.domains() if virt.running(dom)}
 
 
 def _apply_domain(virt, dom, config) -> list[str]:
@@ -255,7 +262,7 @@ def _apply_domain(virt, dom, config) -> list[str]:
 
 def cmd_status(args) -> int:
     from .netlink import Netlink
-    from .status import domain_status
+    from .status import domain_status, orphan_status
     from .virt import Libvirt
     config = config_module.load()
     rows = []
@@ -270,6 +277,8 @@ def cmd_status(args) -> int:
                 print(f"kvmhooks: {error}", file=sys.stderr)
                 continue
             rows += domain_status(domain, running, config, inventory)
+        names = {dom.UUIDString().lower(): dom.name() for dom in virt.domains()}
+        rows += orphan_status(inventory, _running_uuids(virt), names)
     if args.json:
         print(json.dumps([row.as_dict() for row in rows], indent=2))
         return 0

@@ -23,6 +23,7 @@ from .planner import (
     current_source,
     plan_network_start,
     plan_network_stop,
+    plan_orphans,
     plan_prepare,
     plan_release,
     plan_repair,
@@ -131,3 +132,13 @@ def network_stopped(network: NetworkDef, call: str) -> list[str]:
     with state.host_lock(), Netlink() as netlink:
         plan = plan_network_stop(network.name, netlink.inventory())
         return apply_best_effort(plan.actions, netlink, f"network {network.name} {call}")
+
+
+def remove_orphans(running_uuids: set[str]) -> list[str]:
+    """Delete the per-guest devices of domains that do not run; returns what was done.
+    Under the host lock: a domain starting now is running already while its prepare
+    builds its devices."""
+    with state.host_lock(), Netlink() as netlink:
+        plan = plan_orphans(netlink.inventory(), running_uuids)
+        failures = apply_best_effort(plan.actions, netlink, "apply")
+    return [action.describe() for action in plan.actions] + failures

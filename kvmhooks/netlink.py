@@ -162,7 +162,10 @@ class Netlink:
             new["prefsrc"] = route.source
         old = {**base, "priority": route.priority or 0}
         try:
-            self.ipr.route("add", **new)
+            # Appended: IPv4 keys a route by prefix and metric, not by device, and the
+            # shim's own route for the prefix may hold that key already (the kernel adds
+            # its prefix routes the same way).
+            self.ipr.route("append", **new)
             self.ipr.route("del", **old)
         except (NetlinkError, OSError) as error:
             raise HostError(f"set metric {metric} on route {route.describe()} dev {dev}: "

@@ -371,6 +371,21 @@ def plan_network_stop(network_name: str, inventory: Inventory) -> Plan:
     return Plan(network_name, "", tuple(actions))
 
 
+def orphans(inventory: Inventory, running_uuids: set[str]) -> tuple[Link, ...]:
+    """Per-guest devices kvmhooks made for domains that do not run (a prepare killed
+    before it could undo, a release that never came)."""
+    prefix = guest_mark("")
+    return tuple(link for link in inventory.links
+                 if link.alias and link.alias.startswith(prefix)
+                 and link.alias[len(prefix):] not in running_uuids)
+
+
+def plan_orphans(inventory: Inventory, running_uuids: set[str]) -> Plan:
+    return Plan("-", "", tuple(DeleteLink(link.name, f"orphan of domain "
+                                          f"{link.alias[len(guest_mark('')):]}")
+                               for link in orphans(inventory, running_uuids)))
+
+
 def plan_release(domain_name: str, domain_uuid: str, inventory: Inventory) -> Plan:
     """Remove the per-guest devices kvmhooks made for this domain; shared ones stay."""
     actions = tuple(DeleteLink(link.name, f"guest {domain_name} stopped")

@@ -8,9 +8,11 @@ from .config import Config
 from .domain import Domain, TaggedInterface
 from .errors import KvmhooksError
 from .inventory import Inventory
+from .names import guest_mark
 from .planner import (
     Resolution,
     current_source,
+    orphans,
     resolve,
     source_difference,
     tap_mac,
@@ -92,3 +94,18 @@ def _device_problem(tagged: TaggedInterface, resolution: Resolution | None,
     if link.mac != tagged.mac:
         return "stale", f"{name} has MAC {link.mac}"
     return None
+
+
+def orphan_status(inventory: Inventory, running_uuids: set[str],
+                  names: dict[str, str]) -> list[InterfaceStatus]:
+    """Rows for the per-guest devices kvmhooks owns whose domain does not run; names maps
+    the UUIDs of defined domains to their names."""
+    rows = []
+    for link in orphans(inventory, running_uuids):
+        uuid = link.alias[len(guest_mark("")):]
+        rows.append(InterfaceStatus(
+            domain=names.get(uuid, uuid), mac=link.mac or "-", uplink="-", nic="-",
+            device=link.name, state="orphan",
+            reason="kvmhooks made it for a domain that does not run; 'kvmhooks apply' "
+                   "removes it"))
+    return rows

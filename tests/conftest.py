@@ -67,6 +67,15 @@ def syslog():
 
 
 @pytest.fixture
+def no_agent(cleanup):
+    """The kvmhooks agent stopped for one test (hooks work in-process), started again
+    afterwards."""
+    assert lab.agent_pid(), "the lab runs an agent (scripts/lab-setup starts it)"
+    lab.stop_agent()
+    cleanup.add(lab.start_agent, _what="start the kvmhooks agent again")
+
+
+@pytest.fixture
 def subnet():
     """A fresh /24 out of 198.18.0.0/15 that no route here covers (lab.Subnet)."""
     return lab.pick_subnet()

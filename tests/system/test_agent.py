@@ -14,14 +14,6 @@ from tagged import Iface, domain_xml
 pytestmark = pytest.mark.system
 
 
-@pytest.fixture
-def no_agent(cleanup):
-    """The agent stopped for one test, started again afterwards."""
-    assert lab.agent_pid(), "the lab runs an agent (scripts/lab-setup starts it)"
-    lab.stop_agent()
-    cleanup.add(lab.start_agent, _what="start the kvmhooks agent again")
-
-
 def start_tagged_guest(libvirt_conn, cleanup, kh_config, nic):
     uplink = uplink_name()
     kh_config(f'[uplink.{uplink}]\nnic = "{nic.name}"\n')
