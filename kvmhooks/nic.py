@@ -49,14 +49,15 @@ def handle(action: str, ifname: str) -> list[str]:
                     "it will see this event"]
         with Netlink() as netlink:
             inventory = engine.scan(netlink, config)
-            if inventory.by_name(ifname) is None:
+            nic = inventory.by_name(ifname)
+            if nic is None:
                 lost = _lost_uplinks(ifname, config, inventory)
                 return _losses(ifname, action, lost) if lost else []
             affected = resolve_affected(config, inventory, ifname)
             if not affected:
                 return []
-            return _reconnect(ifname, action, config, netlink, affected,
-                              inventory.by_name(ifname).index)
+            return _reconnect(f"NIC {ifname} {action}", ifname, nic.index, config, netlink,
+                              affected)
 
 
 def _lost_uplinks(ifname, config, inventory) -> set[str]:
@@ -121,14 +122,15 @@ def _losses(ifname, action, lost) -> list[str]:
     return lines
 
 
-def _reconnect(ifname, action, config, netlink, affected, nic_index) -> list[str]:
+def _reconnect(context, ifname, nic_index, config, netlink, affected) -> list[str]:
+    """Libvirt first (which guests run), then the host lock for the devices only, then
+    libvirt again for the re-plugs: never libvirt under the host lock."""
     from .virt import Libvirt
-    context = f"NIC {ifname} {action}"
 
     def failed(subject: str, error: KvmhooksError) -> str:
         """A NIC that went away, or came back as a new device, while this handler worked
-        is a loss the handler of its own event repairs (it waits for the host lock or is
-        collapsed into one that does); anything else is an error."""
+        is a loss the handler of its own event repairs (it waits for the handlers' lock
+        or is collapsed into one that does); anything else is an error."""
         current = netlink.inventory().by_name(ifname)
         if current is None or current.index != nic_index:
             line = f"{subject}: NIC {ifname} changed while being handled ({error})"
@@ -138,26 +140,29 @@ def _reconnect(ifname, action, config, netlink, affected, nic_index) -> list[str
             log.error("%s", line)
         return line
 
-    try:
-        inventory = engine.scan(netlink, config)
-        done = apply(plan_uplinks(affected, config, inventory).actions, netlink, context)
-    except KvmhooksError as error:
-        return [failed(context, error)]
-    lines = [f"{context}: {step.describe()}" for step in done]
-    inventory = engine.scan(netlink, config)
     with Libvirt() as virt:
-        jobs = []
-        for guest in _running_tagged(virt):
-            subject = f"domain {guest.domain.name} {context}"
+        guests = _running_tagged(virt)
+        lines, jobs = [], []
+        with state.host_lock():
             try:
-                plan, replugs = plan_reconnect(guest.domain, affected, config, inventory,
-                                               guest.unplugged)
-                done = apply(plan.actions, netlink, subject)
+                inventory = engine.scan(netlink, config)
+                done = apply(plan_uplinks(affected, config, inventory).actions, netlink,
+                             context)
             except KvmhooksError as error:
-                lines.append(failed(subject, error))
-                continue
-            lines += [f"{subject}: {step.describe()}" for step in done]
-            jobs += [(guest, replug, subject) for replug in replugs]
+                return [failed(context, error)]
+            lines += [f"{context}: {step.describe()}" for step in done]
+            inventory = engine.scan(netlink, config)
+            for guest in guests:
+                subject = f"domain {guest.domain.name} {context}"
+                try:
+                    plan, replugs = plan_reconnect(guest.domain, affected, config, inventory,
+                                                   guest.unplugged)
+                    done = apply(plan.actions, netlink, subject)
+                except KvmhooksError as error:
+                    lines.append(failed(subject, error))
+                    continue
+                lines += [f"{subject}: {step.describe()}" for step in done]
+                jobs += [(guest, replug, subject) for replug in replugs]
         # Re-plugs wait for each guest to eject its NIC: all guests at once, not in turn.
         with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL_REPLUGS, len(jobs) or 1)) as pool:
             for result in pool.map(lambda job: _replug(virt, *job), jobs):

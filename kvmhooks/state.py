@@ -33,9 +33,7 @@ def _directory(*parts: str) -> str:
 
 
 @contextlib.contextmanager
-def host_lock():
-    """One lock for all host changes, whether from a hook, udev or the command line."""
-    path = os.path.join(_directory(), "lock")
+def _flock(path: str):
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -45,10 +43,21 @@ def host_lock():
 
 
 @contextlib.contextmanager
+def host_lock():
+    """One lock for all host changes, whether from a hook, udev or the command line."""
+    with _flock(os.path.join(_directory(), "lock")):
+        yield
+
+
+@contextlib.contextmanager
 def nic_event_lock(ifname: str):
-    """The host lock for a NIC event handler, collapsing bursts: while one handler for
-    ifname waits for the host lock, later ones for the same NIC leave at once (yielding
-    False), since the waiting one will look at the host after their event happened."""
+    """Serializes NIC event handlers among themselves, collapsing bursts: while one
+    handler for ifname waits, later ones for the same NIC leave at once (yielding False),
+    since the waiting one will look at the host after their event happened.
+
+    It is not the host lock: a handler calls libvirt, and libvirt may be waiting for a
+    hook that waits for the host lock. Handlers take the host lock only around their
+    own host changes, and never call libvirt while they hold it."""
     if not ifname or "/" in ifname or ifname.startswith("."):
         raise HostError(f"interface name '{ifname}' cannot name a state file")
     gate = os.open(os.path.join(_directory("pending"), f"{ifname}.lock"),
@@ -59,7 +68,7 @@ def nic_event_lock(ifname: str):
         except BlockingIOError:
             yield False
             return
-        with host_lock():
+        with _flock(os.path.join(_directory(), "nic-events.lock")):
             os.close(gate)
             gate = -1
             yield True
