@@ -9,6 +9,7 @@ import fnmatch
 import ipaddress
 import os
 import re
+import stat
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -81,12 +82,25 @@ def load(path: str | None = None) -> Config:
     path = path or config_path()
     try:
         with open(path, "rb") as stream:
+            _refuse_writable_by_others(path, os.fstat(stream.fileno()))
             data = stream.read()
     except FileNotFoundError:
         raise ConfigError(path, "config file not found") from None
     except OSError as error:
         raise ConfigError(path, f"cannot read config: {error.strerror}") from None
     return parse(data, path)
+
+
+def _refuse_writable_by_others(path: str, info: os.stat_result) -> None:
+    """kvmhooks acts as root on what the config says: nobody but root may change it."""
+    directory = os.stat(os.path.dirname(os.path.abspath(path)))
+    for what, where, stat_result in (("config file", path, info),
+                                     ("directory", os.path.dirname(os.path.abspath(path)),
+                                      directory)):
+        sticky = stat.S_ISDIR(stat_result.st_mode) and stat_result.st_mode & stat.S_ISVTX
+        if stat_result.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not sticky:
+            raise ConfigError(path, f"{what} {where} is writable by others; kvmhooks "
+                              "refuses it (chmod go-w)")
 
 
 def load_if_present(path: str | None = None) -> Config | None:
@@ -106,6 +120,8 @@ def parse(data: bytes, path: str) -> Config:
         match = _TOML_LINE.search(str(error))
         line = int(match.group(1)) if match else None
         raise ConfigError(path, f"TOML syntax error: {error}", line=line) from None
+    except RecursionError:  # tomllib recurses into nested arrays and inline tables
+        raise ConfigError(path, "nested too deeply to be a kvmhooks config") from None
     return _Parser(path, text).config(document)
 
 

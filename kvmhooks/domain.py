@@ -102,6 +102,14 @@ def domain_from_tree(root: etree._Element, name_hint: str = "?", live: bool = Fa
                                 attachment.mac)
         tagged.append(TaggedInterface(attachment, device))
         check_form(name, tagged[-1])
+    targets: dict[str, str] = {}
+    for item in tagged:
+        if item.hook_owned and item.device.target_dev in targets:
+            raise MetadataError(name, f"target dev '{item.device.target_dev}' is also the "
+                                f"target of interface {targets[item.device.target_dev]}",
+                                item.mac)
+        if item.hook_owned:
+            targets[item.device.target_dev] = item.mac
     return Domain(name=name, uuid=uuid, tagged=tuple(tagged), unplugged=tuple(unplugged))
 
 

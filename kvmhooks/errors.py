@@ -6,14 +6,20 @@ Exit status follows the contract: 1 for host or runtime failures, 2 for bad inpu
 
 from __future__ import annotations
 
+from .hookclient import one_line
+
 EXIT_RUNTIME = 1
 EXIT_BAD_INPUT = 2
 
 
 class KvmhooksError(Exception):
-    """Base class: str(error) is the complete line shown to the user."""
+    """Base class: str(error) is the complete line shown to the user, always one line
+    (input text quoted in it has its line breaks escaped)."""
 
     exit_status = EXIT_RUNTIME
+
+    def __init__(self, message: str):
+        super().__init__(one_line(message))
 
 
 class BadInput(KvmhooksError):

@@ -27,6 +27,14 @@ QEMU_KNOWN = QEMU_NOTHING_TO_DO | QEMU_REWRITES_XML | QEMU_NEVER_FAIL | {"prepar
 NETWORK_OPERATIONS = frozenset({"start", "stopped"})
 NIC_ACTIONS = frozenset({"add", "move", "remove"})
 _UUID = re.compile(rb"<uuid>\s*([0-9a-fA-F-]{36})\s*</uuid>")
+# What str.splitlines() splits on, and other control characters: input text quoted in an
+# error line must never start a line of its own.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def one_line(text: str) -> str:
+    """text with line breaks and control characters written as escapes."""
+    return _CONTROL.sub(lambda match: match.group().encode("unicode_escape").decode(), text)
 _IFNAME = re.compile(r"^[A-Za-z0-9_.+-]{1,15}$")
 
 
@@ -57,10 +65,14 @@ def triage(trigger: str, argv: list[str], stdin) -> Answer | Work:
     if trigger == "network":
         return _triage_network(argv, stdin)
     if trigger == "nic-event":
-        if len(argv) != 2 or argv[0] not in NIC_ACTIONS or not _IFNAME.match(argv[1]):
+        if len(argv) != 2 or argv[0] not in NIC_ACTIONS:
             return Answer(2, stderr="usage: nic-event add|move|remove IFNAME")
+        if not _IFNAME.match(argv[1]):
+            return Answer(2, stderr=one_line(f"nic-event: {argv[1]!r} is not an interface "
+                                             "name (1 to 15 of letters, digits, '_.+-')"))
         return Work()
-    return Answer(2, stderr=f"unknown trigger '{trigger}' (qemu, network or nic-event)")
+    return Answer(2, stderr=one_line(f"unknown trigger '{trigger}' (qemu, network or "
+                                     "nic-event)"))
 
 
 def _triage_qemu(argv: list[str], stdin) -> Answer | Work:
@@ -71,8 +83,8 @@ def _triage_qemu(argv: list[str], stdin) -> Answer | Work:
     if operation in QEMU_NOTHING_TO_DO:
         return Answer()
     if operation not in QEMU_KNOWN:
-        return Answer(stderr=f"qemu hook: ignoring unknown operation '{operation}' for "
-                             f"domain {name}")
+        return Answer(stderr=one_line(f"qemu hook: ignoring unknown operation '{operation}' "
+                                      f"for domain {name}"))
     data = stdin.read()
     if NAMESPACE_BYTES in data or (operation == "release" and _has_record(data)):
         return Work(data)

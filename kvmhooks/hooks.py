@@ -12,7 +12,15 @@ from __future__ import annotations
 
 import sys
 
-from .hookclient import QEMU_NEVER_FAIL, QEMU_REWRITES_XML, Answer, Work, release_uuid, triage
+from .hookclient import (
+    QEMU_NEVER_FAIL,
+    QEMU_REWRITES_XML,
+    Answer,
+    Work,
+    one_line,
+    release_uuid,
+    triage,
+)
 
 
 def qemu_main(argv: list[str], stdin=None, stdout=None, stderr=None) -> int:
@@ -55,8 +63,8 @@ def run_engine(trigger: str, argv: list[str], data: bytes) -> Answer:
         return Answer(0 if never_fail else error.exit_status, stderr=str(error))
     except Exception as error:  # the one catch-all of the hooks and NIC events
         log.exception("%s: %s %s: internal error", call, subject, name)
-        return Answer(0 if never_fail else 1, stderr=f"{subject} {name}: internal error in "
-                                                      f"{call}: {type(error).__name__}: {error}")
+        return Answer(0 if never_fail else 1, stderr=one_line(
+            f"{subject} {name}: internal error in {call}: {type(error).__name__}: {error}"))
 
 
 def _work(trigger: str, name: str, operation: str, data: bytes,

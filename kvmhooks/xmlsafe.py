@@ -30,7 +30,8 @@ def parse(data: bytes | str) -> etree._Element:
     try:
         root = etree.fromstring(data, _parser())
     except etree.XMLSyntaxError as error:
-        raise UnsafeXml(f"malformed XML: {error.msg} (line {error.lineno})") from None
+        message = " ".join(str(error.msg).split())
+        raise UnsafeXml(f"malformed XML: {message} (line {error.lineno})") from None
     if root is None:
         raise UnsafeXml("empty XML document")
     # The byte check above misses other encodings (UTF-16); the parsed tree does not.

@@ -135,3 +135,20 @@ def test_allowlist_globs(name, allowed):
 
 def test_no_allowlist_allows_every_domain():
     assert make_config(FULL).uplinks["san"].allows("anything")
+
+
+def test_a_config_others_can_write_is_refused(tmp_path):
+    import os
+    path = tmp_path / "kvmhooks.toml"
+    path.write_text('[uplink.lan]\nnic = "eth1"\n')
+    os.chmod(tmp_path, 0o755)
+    os.chmod(path, 0o666)
+    with pytest.raises(ConfigError, match=r"config file .* is writable by others; kvmhooks "
+                                          r"refuses it \(chmod go-w\)"):
+        config.load(str(path))
+    os.chmod(path, 0o644)
+    os.chmod(tmp_path, 0o777)
+    with pytest.raises(ConfigError, match=f"directory {tmp_path} is writable by others"):
+        config.load(str(path))
+    os.chmod(tmp_path, 0o755)
+    assert config.load(str(path)).uplinks["lan"].nic == "eth1"
