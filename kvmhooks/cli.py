@@ -29,8 +29,15 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors are one line and exit 2, like every other bad input."""
+
+    def error(self, message: str):
+        self.exit(2, f"kvmhooks: {self.prog}: {message} (see '{self.prog} --help')\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kvmhooks", description=(
+    parser = _Parser(prog="kvmhooks", description=(
         "Host networking that follows KVM guests, from their libvirt metadata."))
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -151,7 +158,8 @@ def cmd_explain(args) -> int:
     print(f"domain {domain.name} on this host:")
     for resolution in plan.resolutions:
         bridge = f", bridge {resolution.bridge}" if resolution.bridge else ""
-        print(f"  uplink {resolution.uplink}: NIC {resolution.nic}{bridge}")
+        nic = resolution.nic or "away (guests go on the bridge until it comes back)"
+        print(f"  uplink {resolution.uplink}: NIC {nic}{bridge}")
     if not plan.actions:
         print("  devices: nothing to create")
     for action in plan.actions:

@@ -14,7 +14,7 @@ from . import state
 from .apply import apply, apply_best_effort
 from .config import Config
 from .domain import Domain, domain_from_tree
-from .errors import MetadataError, SourceMismatch
+from .errors import ApplyError, MetadataError, SourceMismatch
 from .inventory import Inventory
 from .netlink import Netlink
 from .network import NetworkDef
@@ -66,17 +66,43 @@ def refuse_mismatch(domain: Domain, plan: Plan) -> None:
                              source_difference(current_source(tagged), wanted))
 
 
+PREPARE_ATTEMPTS = 3
+
+
 def prepare(domain: Domain, call: str) -> Plan | None:
-    """Build what the domain needs before it starts; undo everything on failure."""
+    """Build what the domain needs before it starts; undo everything on failure.
+
+    A NIC that goes away or comes back while the plan runs makes a step fail; the plan
+    is undone, made again for the host as it is then, and run again."""
     if not domain.tagged:
         return None
     config = config_module.load()
     with state.host_lock(), Netlink() as netlink:
-        plan = plan_prepare(domain, config, scan(netlink, config))
-        refuse_mismatch(domain, plan)
-        apply(plan.actions, netlink, f"domain {domain.name} {call}")
+        for attempt in range(1, PREPARE_ATTEMPTS + 1):
+            inventory = scan(netlink, config)
+            plan = plan_prepare(domain, config, inventory)
+            refuse_mismatch(domain, plan)
+            try:
+                apply(plan.actions, netlink, f"domain {domain.name} {call}")
+                break
+            except ApplyError:
+                if attempt == PREPARE_ATTEMPTS or \
+                        not _nics_changed(plan, inventory, scan(netlink, config)):
+                    raise
+        for resolution in plan.resolutions:
+            if resolution.nic is None:
+                log.warning("domain %s %s: uplink '%s': its NIC is away; the guest goes on "
+                            "bridge %s and reaches the LAN when the NIC comes back",
+                            domain.name, call, resolution.uplink, resolution.bridge)
         state.write_record(domain.uuid, plan.as_dict())
     return plan
+
+
+def _nics_changed(plan: Plan, before: Inventory, after: Inventory) -> bool:
+    def index(inventory: Inventory, name: str | None) -> int | None:
+        link = inventory.by_name(name) if name else None
+        return link.index if link else None
+    return any(index(before, r.nic) != index(after, r.nic) for r in plan.resolutions)
 
 
 def repair(domain: Domain, call: str) -> Plan | None:

@@ -58,7 +58,7 @@ class Resolution:
     """What an uplink is on this host."""
 
     uplink: str
-    nic: str
+    nic: str | None  # None: the NIC is away for now, its uplink's bridge is here
     bridge: str | None
 
     @property
@@ -180,8 +180,20 @@ def resolve_all(domain: Domain, config: Config, inventory: Inventory) -> dict[st
     for tagged in domain.tagged:
         uplink = uplink_for(tagged, domain, config)
         if uplink is not None and uplink.name not in resolutions:
-            resolutions[uplink.name] = resolve(uplink, inventory)
+            resolutions[uplink.name] = resolve_for_guests(uplink, inventory)
     return resolutions
+
+
+def resolve_for_guests(uplink: Uplink, inventory: Inventory) -> Resolution:
+    """As resolve, but a NIC that is away while its uplink's bridge exists (it went away
+    and its NIC event will bring it back) does not keep guests off that bridge."""
+    try:
+        return resolve(uplink, inventory)
+    except NicAbsent:
+        bridge = inventory.by_name(uplink.bridge) if uplink.bridge else None
+        if bridge is None or bridge.kind != "bridge":
+            raise
+        return Resolution(uplink=uplink.name, nic=None, bridge=uplink.bridge)
 
 
 def plan_sources(domain: Domain, config: Config, inventory: Inventory) -> Plan:
@@ -405,6 +417,10 @@ class _DevicePlanner:
         self.planned_addresses: dict[str, list[str]] = {}
 
     def uplink(self, uplink: Uplink, resolution: Resolution) -> None:
+        if resolution.nic is None:  # away for now: the bridge is all there is to keep
+            if uplink.host_address is not None:
+                self.shim(uplink, resolution.lower)
+            return
         nic = self.inventory.by_name(resolution.nic)
         if nic is None:  # resolved on an earlier snapshot, gone since
             raise NicAbsent(uplink.name, uplink.selector())

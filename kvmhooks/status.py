@@ -56,7 +56,7 @@ def _interface(domain: Domain, tagged: TaggedInterface, running: bool, config: C
             resolution = resolve(uplink, inventory)
     except KvmhooksError as error:
         return row("missing", str(error))
-    nic = resolution.nic if resolution else "-"
+    nic = resolution.nic if resolution and resolution.nic else "-"
     if not tagged.hook_owned:
         wanted = wanted_source(tagged, resolution)
         current = current_source(tagged)

@@ -146,11 +146,12 @@ def test_a_burst_of_events_ends_in_the_right_state(libvirt_conn, cleanup, kh_con
         stand_in_nic.plug()
     assert time.monotonic() - started < 5, "the burst took longer than 5 s to fire"
     marks = (owned_serial.offset(), native_serial.offset())
-    lab.settle_nic_events(timeout=60)
-
     nic = stand_in_nic.name
-    assert macvtap_on(hook_owned.hook_owned_dev, nic, hook_owned.mac)
-    assert macvtap_on(live_target(native_dom, native.mac), nic, native.mac)
+    # The last events' handlers run in the agent: wait for their result, not for them.
+    lab.wait_for(lambda: macvtap_on(hook_owned.hook_owned_dev, nic, hook_owned.mac)
+                 and macvtap_on(live_target(native_dom, native.mac), nic, native.mac), 60,
+                 what="both guests re-plugged on the NIC after the burst")
+    lab.settle_nic_events(timeout=60)
     macs = [lab.link_info(name)["mac"] for name in lab_links()]
     assert macs.count(hook_owned.mac) == 1 and macs.count(native.mac) == 1, "duplicates"
     assert [name for name in lab_links() if name.startswith("kh-")] == [f"kh-{uplink}"]

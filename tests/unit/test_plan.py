@@ -398,3 +398,22 @@ def test_route_metric_undo_restores_the_kernels_metric():
     step = SetRouteMetric(PREFIX_ROUTE, "eth1", 1024)
     assert step.undo() == SetRouteMetric(Route("198.18.5.0/24", 2, priority=1024,
                                                source="198.18.5.1"), "eth1", 0)
+
+
+# --- a NIC that is away ------------------------------------------------------------------
+
+def test_guests_go_on_the_bridge_while_its_nic_is_away():
+    host = Host().bridge("br-lan", alias=bridge_mark("lan"))
+    plan = prepare(LAN_BRIDGE, host, *tap_on_bridge(),
+                   meta(MAC2, "direct", uplink="lan"), hook_owned(MAC2))
+    assert plan.resolutions[0].nic is None
+    assert [type(a) for a in plan.actions] == [CreateTap, CreateMacvtap]
+    assert plan.actions[1].parent == "br-lan"
+
+
+def test_a_nic_never_seen_still_refuses_the_start():
+    from kvmhooks.errors import NicAbsent
+    with pytest.raises(NicAbsent, match="uplink 'lan': no NIC on this host matches"):
+        prepare(LAN_BRIDGE, Host(), *tap_on_bridge())
+    with pytest.raises(NicAbsent):
+        prepare(LAN, Host(), meta(MAC1, "direct", uplink="lan"), hook_owned(MAC1))

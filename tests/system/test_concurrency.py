@@ -1,0 +1,75 @@
+"""20 domains sharing one uplink, started and destroyed concurrently for 10 rounds while
+the uplink's NIC flaps: no failure, and every round ends in the right state."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import lab
+import pytest
+from helpers import guest_mac, marked_links, uplink_name
+from tagged import Iface, domain_xml
+
+pytestmark = pytest.mark.system
+
+DOMAINS, ROUNDS = 20, 10
+
+
+def test_concurrent_starts_and_stops_while_the_nic_flaps(libvirt_conn, cleanup, kh_config,
+                                                        stand_in_nic, subnet, syslog):
+    uplink, bridge = uplink_name(), lab.unique_name("ktbr")
+    kh_config(f'[uplink.{uplink}]\nnic = "{stand_in_nic.name}"\nbridge = "{bridge}"\n'
+              f'host_address = "{subnet.addr(5)}"\n')
+    lab.delete_link_later(cleanup, bridge)
+    lab.delete_link_later(cleanup, f"kh-{uplink}")
+    guests = []
+    for _ in range(DOMAINS):
+        ifaces = [Iface(guest_mac(), "bridge", uplink),
+                  Iface(guest_mac(), "direct", uplink, "bridge")]
+        guests.append((lab.define(libvirt_conn, domain_xml(lab.unique_name("kt-dom-"), ifaces),
+                                  cleanup), ifaces))
+    log_mark = len(syslog.records)
+    stop_flapping = threading.Event()
+
+    def flap():
+        while not stop_flapping.is_set():
+            stand_in_nic.recreate(host_address="")
+            time.sleep(0.3)
+
+    flapper = threading.Thread(target=flap)
+    flapper.start()
+    cleanup.add(lambda: (stop_flapping.set(), flapper.join(30)), _what="stop the flapping")
+    failures: list[str] = []
+
+    def each(call):
+        def run(guest):
+            try:
+                call(lab.connect().lookupByName(guest[0].name()))
+            except Exception as error:  # noqa: BLE001 - collected, asserted below
+                failures.append(f"{guest[0].name()}: {error}")
+        return run
+
+    with ThreadPoolExecutor(max_workers=DOMAINS) as pool:
+        for round_number in range(ROUNDS):
+            list(pool.map(each(lambda dom: dom.create()), guests))
+            assert not failures, f"round {round_number}: {failures[:3]}"
+            for _dom, ifaces in guests:
+                tap = lab.link_info(ifaces[0].hook_owned_dev)
+                macvtap = lab.link_info(ifaces[1].hook_owned_dev)
+                assert tap["master"] == bridge and tap["kind"] == "tun"
+                assert macvtap["link"] == lab.link_index(bridge) and macvtap["mac"] == \
+                    ifaces[1].mac
+            list(pool.map(each(lambda dom: dom.destroy()), guests))
+            assert not failures, f"round {round_number}: {failures[:3]}"
+            assert [a for a in marked_links().values() if a.startswith("kvmhooks:guest:")] \
+                == [], f"round {round_number}: per-guest devices outlived their guests"
+    stop_flapping.set()
+    flapper.join(30)
+    # The last events' handlers run in the agent: wait for their result, not for them.
+    lab.wait_for(lambda: lab.link_info(stand_in_nic.name)["master"] == bridge, 30,
+                 what="the NIC on its bridge after the last flap")
+    assert list(marked_links().values()).count(f"kvmhooks:bridge:{uplink}") == 1
+    assert list(marked_links().values()).count(f"kvmhooks:shim:{uplink}") == 1
+    assert [text for severity, text in syslog.since(log_mark) if severity == "error"] == []
