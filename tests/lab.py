@@ -334,6 +334,18 @@ def ping(address: str, ns: str | None = None, count: int = 1, timeout: float = 2
     return r.returncode == 0
 
 
+def _listened_on(path: str) -> bool:
+    import socket
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(path)
+        except ConnectionRefusedError:
+            return False
+        except OSError:
+            return True
+    return True
+
+
 class SyslogCapture:
     """Listens on /dev/log (where no syslog daemon does) and keeps what kvmhooks logs,
     hooks and detached NIC handlers included, as (severity, text) pairs."""
@@ -345,6 +357,9 @@ class SyslogCapture:
         import socket
         import threading
         self.records: list[tuple[str, str]] = []
+        self.times: list[float] = []  # time.monotonic() of each record's arrival
+        if os.path.exists(self.PATH) and not _listened_on(self.PATH):
+            _remove_file(self.PATH)  # left by a run that was killed
         self.owned = not os.path.exists(self.PATH)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         if self.owned:
@@ -361,6 +376,7 @@ class SyslogCapture:
             text = data.decode(errors="replace").rstrip("\0\n")
             priority, _, message = text.partition(">")
             severity = int(priority.lstrip("<") or 6) % 8 if priority.startswith("<") else 6
+            self.times.append(time.monotonic())
             self.records.append((self.SEVERITY.get(severity, str(severity)), message))
 
     def since(self, mark: int) -> list[tuple[str, str]]:
@@ -398,7 +414,8 @@ def start_agent() -> int:
     """Start `kvmhooks agent` as scripts/lab-setup does; returns its PID."""
     import sys
     _remove_file(str(AGENT_SOCKET))
-    process = subprocess.Popen([sys.executable, "-m", "kvmhooks", "agent"],
+    command = os.path.join(os.path.dirname(sys.executable), "kvmhooks")
+    process = subprocess.Popen([command, "agent"],
                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True)
     AGENT_PIDFILE.write_text(f"{process.pid}\n")
