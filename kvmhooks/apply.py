@@ -46,11 +46,21 @@ _RUNNERS = {
 }
 
 
-def run_action(action: Action, backend) -> None:
-    _RUNNERS[type(action)](action, backend)
+CREATES = (CreateBridge, CreateTap, CreateMacvtap, CreateShim)
 
 
-def apply(actions: Iterable[Action], backend, context: str) -> list[Action]:
+def run_action(action: Action, backend, journal=None) -> None:
+    """journal (state.CreationJournal) records a device while it is created unmarked."""
+    if journal is not None and isinstance(action, CREATES):
+        journal.begin(action.name, action.mark)
+    try:
+        _RUNNERS[type(action)](action, backend)
+    finally:
+        if journal is not None and isinstance(action, (*CREATES, DeleteLink)):
+            journal.end(action.name)
+
+
+def apply(actions: Iterable[Action], backend, context: str, journal=None) -> list[Action]:
     """Run every action; on the first failure undo the ones done and raise ApplyError.
 
     context names the domain and the call, for the log. Returns the actions done.
@@ -58,17 +68,17 @@ def apply(actions: Iterable[Action], backend, context: str) -> list[Action]:
     done: list[Action] = []
     for action in actions:
         try:
-            run_action(action, backend)
+            run_action(action, backend, journal)
         except Exception as error:  # whatever failed, what was done must be undone
             # The caller logs the ApplyError at the severity its situation calls for.
-            undo_failures = undo(done, backend, context)
+            undo_failures = undo(done, backend, context, journal)
             raise ApplyError(action.describe(), str(error), tuple(undo_failures)) from None
         log.info("%s: %s", context, action.describe())
         done.append(action)
     return done
 
 
-def undo(done: list[Action], backend, context: str) -> list[str]:
+def undo(done: list[Action], backend, context: str, journal=None) -> list[str]:
     failures = []
     for action in reversed(done):
         reverse = action.undo()
@@ -76,19 +86,20 @@ def undo(done: list[Action], backend, context: str) -> list[str]:
             failures.append(f"{action.describe()} (cannot be undone)")
             continue
         try:
-            run_action(reverse, backend)
+            run_action(reverse, backend, journal)
             log.info("%s: undo: %s", context, reverse.describe())
         except Exception as error:  # report every undo failure, go on with the rest
             failures.append(f"{reverse.describe()}: {error}")
     return failures
 
 
-def apply_best_effort(actions: Iterable[Action], backend, context: str) -> list[str]:
+def apply_best_effort(actions: Iterable[Action], backend, context: str,
+                      journal=None) -> list[str]:
     """Run every action, going on past failures (release must never fail)."""
     failures = []
     for action in actions:
         try:
-            run_action(action, backend)
+            run_action(action, backend, journal)
             log.info("%s: %s", context, action.describe())
         except Exception as error:  # release must never fail: log and go on
             log.warning("%s: %s failed: %s", context, action.describe(), error)

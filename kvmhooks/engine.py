@@ -15,7 +15,7 @@ from .apply import apply, apply_best_effort
 from .config import Config
 from .domain import Domain, domain_from_tree
 from .errors import ApplyError, MetadataError, SourceMismatch
-from .inventory import Inventory
+from .inventory import Inventory, with_creating_marks
 from .netlink import Netlink
 from .network import NetworkDef
 from .planner import (
@@ -44,13 +44,13 @@ def read_domain(xml: bytes | str, name_hint: str = "?") -> tuple[etree._Element,
     return root, domain_from_tree(root, name_hint)
 
 
-def scan(netlink: Netlink, config: Config) -> Inventory:
+def scan(netlink: Netlink, config: Config | None = None) -> Inventory:
     """Snapshot the host; udev is asked only when an uplink names its NIC by path."""
     id_paths = None
-    if any(uplink.path for uplink in config.uplinks.values()):
+    if config is not None and any(uplink.path for uplink in config.uplinks.values()):
         from .udev import id_paths as udev_id_paths
         id_paths = udev_id_paths()
-    return netlink.inventory(id_paths)
+    return with_creating_marks(netlink.inventory(id_paths), state.creating_marks())
 
 
 def explain(domain: Domain, config: Config) -> Plan:
@@ -83,7 +83,8 @@ def prepare(domain: Domain, call: str) -> Plan | None:
             plan = plan_prepare(domain, config, inventory)
             refuse_mismatch(domain, plan)
             try:
-                apply(plan.actions, netlink, f"domain {domain.name} {call}")
+                apply(plan.actions, netlink, f"domain {domain.name} {call}",
+                      state.CreationJournal())
                 break
             except ApplyError:
                 if attempt == PREPARE_ATTEMPTS or \
@@ -112,15 +113,16 @@ def repair(domain: Domain, call: str) -> Plan | None:
     config = config_module.load()
     with state.host_lock(), Netlink() as netlink:
         plan = plan_repair(domain, config, scan(netlink, config))
-        apply(plan.actions, netlink, f"domain {domain.name} {call}")
+        apply(plan.actions, netlink, f"domain {domain.name} {call}", state.CreationJournal())
     return plan
 
 
 def release(name: str, uuid: str, call: str) -> list[str]:
     """Remove this domain's per-guest devices; returns what could not be removed."""
     with state.host_lock(), Netlink() as netlink:
-        plan = plan_release(name, uuid, netlink.inventory())
-        failures = apply_best_effort(plan.actions, netlink, f"domain {name} {call}")
+        plan = plan_release(name, uuid, scan(netlink))
+        failures = apply_best_effort(plan.actions, netlink, f"domain {name} {call}",
+                                     state.CreationJournal())
         state.drop_record(uuid)
     return failures
 
@@ -147,7 +149,8 @@ def network_start(network: NetworkDef, call: str) -> Plan | None:
         return None
     with state.host_lock(), Netlink() as netlink:
         plan = plan_network_start(network, config, scan(netlink, config))
-        apply(plan.actions, netlink, f"network {network.name} {call}")
+        apply(plan.actions, netlink, f"network {network.name} {call}",
+              state.CreationJournal())
     return plan
 
 
@@ -156,8 +159,9 @@ def network_stopped(network: NetworkDef, call: str) -> list[str]:
     if config_module.load_if_present() is None:
         return []
     with state.host_lock(), Netlink() as netlink:
-        plan = plan_network_stop(network.name, netlink.inventory())
-        return apply_best_effort(plan.actions, netlink, f"network {network.name} {call}")
+        plan = plan_network_stop(network.name, scan(netlink))
+        return apply_best_effort(plan.actions, netlink, f"network {network.name} {call}",
+                                 state.CreationJournal())
 
 
 def remove_orphans(running_uuids: set[str]) -> list[str]:
@@ -165,6 +169,6 @@ def remove_orphans(running_uuids: set[str]) -> list[str]:
     Under the host lock: a domain starting now is running already while its prepare
     builds its devices."""
     with state.host_lock(), Netlink() as netlink:
-        plan = plan_orphans(netlink.inventory(), running_uuids)
-        failures = apply_best_effort(plan.actions, netlink, "apply")
+        plan = plan_orphans(scan(netlink), running_uuids)
+        failures = apply_best_effort(plan.actions, netlink, "apply", state.CreationJournal())
     return [action.describe() for action in plan.actions] + failures

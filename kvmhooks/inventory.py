@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .names import MARK_PREFIX
 
@@ -70,3 +70,13 @@ class Inventory:
 
     def marked_with(self, mark: str) -> tuple[Link, ...]:
         return tuple(link for link in self.links if link.alias == mark)
+
+
+def with_creating_marks(inventory: Inventory, marks: dict[str, str]) -> Inventory:
+    """The links kvmhooks was creating when it was stopped carry no mark yet: give them
+    the one the creation journal holds for them."""
+    if not marks:
+        return inventory
+    return Inventory(tuple(replace(link, alias=marks[link.name])
+                           if link.alias is None and link.name in marks else link
+                           for link in inventory.links))

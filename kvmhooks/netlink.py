@@ -57,6 +57,8 @@ class Netlink:
             route = Route(dst=f"{dst}/{msg['dst_len']}" if dst else "default",
                           family=msg["family"], gateway=msg.get("RTA_GATEWAY"),
                           priority=msg.get("RTA_PRIORITY"), source=msg.get("RTA_PREFSRC"))
+            if dst and ipaddress.ip_address(dst).is_link_local:
+                continue  # the kernel's own per-device IPv6 routes: never ours to move
             kernel = msg["proto"] == RTPROT_KERNEL
             (prefix_routes if kernel else routes).setdefault(oif, []).append(route)
         links = []

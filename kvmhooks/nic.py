@@ -147,7 +147,7 @@ def _reconnect(context, ifname, nic_index, config, netlink, affected) -> list[st
             try:
                 inventory = engine.scan(netlink, config)
                 done = apply(plan_uplinks(affected, config, inventory).actions, netlink,
-                             context)
+                             context, state.CreationJournal())
             except KvmhooksError as error:
                 return [failed(context, error)]
             lines += [f"{context}: {step.describe()}" for step in done]
@@ -157,7 +157,7 @@ def _reconnect(context, ifname, nic_index, config, netlink, affected) -> list[st
                 try:
                     plan, replugs = plan_reconnect(guest.domain, affected, config, inventory,
                                                    guest.unplugged)
-                    done = apply(plan.actions, netlink, subject)
+                    done = apply(plan.actions, netlink, subject, state.CreationJournal())
                 except KvmhooksError as error:
                     lines.append(failed(subject, error))
                     continue

@@ -77,6 +77,37 @@ def nic_event_lock(ifname: str):
             os.close(gate)
 
 
+class CreationJournal:
+    """Devices being created: a device exists a moment before it carries kvmhooks' mark
+    (the kernel takes no alias at creation), and a hook killed in that moment would leave
+    a device kvmhooks could never claim. The name is written here first and removed once
+    the device is marked or gone, so the next snapshot knows it for kvmhooks'."""
+
+    def __init__(self):
+        self.directory = _directory("creating")
+
+    def begin(self, name: str, mark: str) -> None:
+        with open(os.path.join(self.directory, name), "w", encoding="utf-8") as stream:
+            stream.write(mark)
+
+    def end(self, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(self.directory, name))
+
+
+
+def creating_marks() -> dict[str, str]:
+    """Device name -> mark, for devices whose creation was begun and never ended."""
+    directory = os.path.join(state_dir(), "creating")
+    found = {}
+    with contextlib.suppress(FileNotFoundError):
+        for name in os.listdir(directory):
+            with contextlib.suppress(OSError), \
+                    open(os.path.join(directory, name), encoding="utf-8") as stream:
+                found[name] = stream.read().strip()
+    return found
+
+
 def _record_path(uuid: str) -> str:
     if not uuid or "/" in uuid or uuid.startswith("."):
         raise HostError(f"domain UUID '{uuid}' cannot name a state file")

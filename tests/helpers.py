@@ -85,3 +85,14 @@ def forget_bridge_later(cleanup: lab.Cleanup, *names: str) -> None:
     """Shared devices kvmhooks creates outlive the guest; the test removes them."""
     for name in names:
         lab.delete_link_later(cleanup, name)
+
+
+def host_state(netlink, names: set[str]) -> dict:
+    """What the test compares: every link of interest, by name, with its parts."""
+    inventory = netlink.inventory()
+    by_index = {link.index: link.name for link in inventory.links}
+    return {link.name: (link.kind, link.mac, link.alias, by_index.get(link.master),
+                        by_index.get(link.parent), link.up, link.mode,
+                        sorted(link.addresses), sorted(map(repr, link.routes)),
+                        sorted(map(repr, link.prefix_routes)))
+            for link in inventory.links if link.name in names or link.name.startswith("kh")}

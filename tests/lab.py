@@ -401,12 +401,25 @@ def agent_pid() -> int | None:
     return pid if Path(f"/proc/{pid}").exists() and AGENT_SOCKET.exists() else None
 
 
+def _gone(pid: int) -> bool:
+    """The process ended (a zombie child of this process is reaped)."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state == "Z"
+
+
 def stop_agent() -> None:
     pid = agent_pid()
     if pid is None:
         return
     os.kill(pid, 15)
-    wait_for(lambda: not Path(f"/proc/{pid}").exists(), 10, what=f"agent {pid} to stop")
+    wait_for(lambda: _gone(pid), 10, what=f"agent {pid} to stop")
     _remove_file(str(AGENT_SOCKET))
 
 

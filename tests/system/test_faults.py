@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import lab
 import pytest
-from helpers import guest_mac, uplink_name
+from helpers import guest_mac, host_state, uplink_name
 from pyroute2.netlink.exceptions import NetlinkError
 from tagged import Iface, domain_xml
 
@@ -42,17 +42,6 @@ class FailingIPRoute:
                 raise NetlinkError(95, f"injected failure of change {self.changes}")
             return method(command, *args, **kwargs)
         return call
-
-
-def host_state(netlink: Netlink, names: set[str]) -> dict:
-    """What the test compares: every link of interest, by name, with its parts."""
-    inventory = netlink.inventory()
-    by_index = {link.index: link.name for link in inventory.links}
-    return {link.name: (link.kind, link.mac, link.alias, by_index.get(link.master),
-                        by_index.get(link.parent), link.up, link.mode,
-                        sorted(link.addresses), sorted(map(repr, link.routes)),
-                        sorted(map(repr, link.prefix_routes)))
-            for link in inventory.links if link.name in names or link.name.startswith("kh")}
 
 
 def test_every_failed_step_leaves_the_host_as_it_was(cleanup, subnet):

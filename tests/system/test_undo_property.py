@@ -1,0 +1,72 @@
+"""Property, on the real kernel: for generated hosts and domains, applying the prepare plan
+and then the undo of each step in reverse brings the host's links, addresses and routes
+back exactly to what they were."""
+
+from __future__ import annotations
+
+import lab
+import pytest
+from helpers import guest_mac, host_state, uplink_name
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from tagged import Iface, domain_xml
+
+from kvmhooks import engine
+from kvmhooks.apply import apply
+from kvmhooks.config import parse
+from kvmhooks.domain import parse_domain
+from kvmhooks.netlink import Netlink
+from kvmhooks.planner import plan_prepare
+
+pytestmark = pytest.mark.system
+
+hosts = st.fixed_dictionaries({
+    "bridged": st.booleans(),
+    "bridge_exists": st.booleans(),
+    "nic_address": st.booleans(),
+    "route": st.booleans(),
+    "shim": st.booleans(),
+    "nic_down": st.booleans(),
+})
+attachments = st.lists(st.sampled_from([("bridge", None), ("direct", "bridge"),
+                                        ("direct", "private"), ("direct", "vepa")]),
+                       min_size=0, max_size=4)
+
+
+@settings(max_examples=15, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(host=hosts, wanted=attachments)
+def test_apply_then_undo_restores_the_host(libvirt_conn, host, wanted):
+    if not host["bridged"]:
+        wanted = [a for a in wanted if a[0] != "bridge"]
+    with lab.Cleanup() as cleanup:
+        subnet, other = lab.pick_subnet(), lab.pick_subnet()
+        nic = lab.StandInNic(cleanup, None, subnet.addr(1) if host["nic_address"] else None,
+                             subnet.addr(2))
+        uplink, bridge = uplink_name(), lab.unique_name("ktbr")
+        lab.delete_link_later(cleanup, bridge)
+        lab.delete_link_later(cleanup, f"kh-{uplink}")
+        with Netlink() as netlink:
+            if host["route"] and host["nic_address"]:
+                netlink.ipr.route("add", dst=str(other.network), gateway=subnet.ip(2),
+                                  oif=netlink.index(nic.name))
+            if host["bridged"] and host["bridge_exists"]:
+                lab.create_bridge(bridge, cleanup)
+            if host["nic_down"]:
+                netlink.set_state(nic.name, False)
+        text = f'[uplink.{uplink}]\nnic = "{nic.name}"\n'
+        text += f'bridge = "{bridge}"\n' if host["bridged"] else ""
+        text += f'host_address = "{subnet.addr(5)}"\n' if host["shim"] else ""
+        config = parse(text.encode(), "property.toml")
+        ifaces = [Iface(guest_mac(), kind, uplink, mode) for kind, mode in wanted]
+        for iface in ifaces:
+            lab.delete_link_later(cleanup, iface.hook_owned_dev)
+        domain = parse_domain(domain_xml(lab.unique_name("kt-dom-"), ifaces))
+        names = {nic.name, bridge, *(i.hook_owned_dev for i in ifaces)}
+        with Netlink() as netlink:
+            before = host_state(netlink, names)
+            plan = plan_prepare(domain, config, engine.scan(netlink, config))
+            done = apply(plan.actions, netlink, "property")
+            assert done == list(plan.actions)
+            apply([action.undo() for action in reversed(done)], netlink, "property undo")
+            assert host_state(netlink, names) == before
