@@ -4,12 +4,15 @@ the agent over a socket pair (no root, no netlink)."""
 from __future__ import annotations
 
 import io
+import os
 import socket
 import threading
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from kvmhooks import agent, hookclient
+from kvmhooks import agent, hookclient, hooks
 from kvmhooks.hookclient import Answer, Work, triage
 
 TAGGED = b"""<domain><name>web1</name><uuid>0f3c4b9e-55a8-4c61-8d2a-7c1e2b3a4d5e</uuid>
@@ -108,3 +111,28 @@ def test_the_agent_serves_a_call_and_reports_its_error(tmp_path, monkeypatch):
     thread.join(10)
     assert (header["status"], stdout) == (2, b"")
     assert header["stderr"] == f"{tmp_path / 'absent.toml'}: config file not found"
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.binary(max_size=3000) | st.builds(
+    lambda head, tail: head + hookclient.NAMESPACE_BYTES + tail,
+    st.binary(max_size=1000), st.binary(max_size=1000)) | st.just(TAGGED),
+       operation=st.sampled_from(["reconnect", "attach", "release"]),
+       extra=st.lists(st.text(max_size=20), max_size=3))
+def test_reconnect_attach_and_release_never_fail(data, operation, extra, tmp_path_factory):
+    # No config: whatever gets as far as the engine stops there, before the host.
+    state = tmp_path_factory.mktemp("state")
+    saved = {key: os.environ.get(key) for key in ("KVMHOOKS_CONFIG", "KVMHOOKS_STATE_DIR")}
+    os.environ.update(KVMHOOKS_CONFIG=str(state / "absent.toml"), KVMHOOKS_STATE_DIR=str(state))
+    try:
+        err = io.StringIO()
+        status = hooks.qemu_main(["web1", operation, "begin", *extra], stdin=io.BytesIO(data),
+                                 stdout=io.BytesIO(), stderr=err)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    assert status == 0
+    assert len(err.getvalue().splitlines()) <= 1 and "Traceback" not in err.getvalue()
