@@ -80,6 +80,7 @@ def prepare(domain: Domain, call: str) -> Plan | None:
     with state.host_lock(), Netlink() as netlink:
         for attempt in range(1, PREPARE_ATTEMPTS + 1):
             inventory = scan(netlink, config)
+            state.forget_creating({link.name for link in inventory.links})
             plan = plan_prepare(domain, config, inventory)
             refuse_mismatch(domain, plan)
             try:
@@ -169,6 +170,8 @@ def remove_orphans(running_uuids: set[str]) -> list[str]:
     Under the host lock: a domain starting now is running already while its prepare
     builds its devices."""
     with state.host_lock(), Netlink() as netlink:
-        plan = plan_orphans(scan(netlink), running_uuids)
+        inventory = scan(netlink)
+        state.forget_creating({link.name for link in inventory.links})
+        plan = plan_orphans(inventory, running_uuids)
         failures = apply_best_effort(plan.actions, netlink, "apply", state.CreationJournal())
     return [action.describe() for action in plan.actions] + failures

@@ -96,6 +96,14 @@ class CreationJournal:
 
 
 
+def forget_creating(existing: set[str]) -> None:
+    """Drop journal entries of devices that do not exist; only under the host lock, where
+    no creation is under way."""
+    for name in set(creating_marks()) - existing:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(state_dir(), "creating", name))
+
+
 def creating_marks() -> dict[str, str]:
     """Device name -> mark, for devices whose creation was begun and never ended."""
     directory = os.path.join(state_dir(), "creating")

@@ -26,13 +26,15 @@ def kill_in_the_middle(name: str, xml: str, devices: list[str], attempts: int = 
         hook.stdin.write(xml.encode())
         hook.stdin.close()
         deadline = time.monotonic() + 30
-        while not any(os.path.exists(f"/sys/class/net/{d}") for d in devices):
+        # Past the first device, so that at least one is complete when the kill comes.
+        while sum(os.path.exists(f"/sys/class/net/{d}") for d in devices) < 2:
             if hook.poll() is not None or time.monotonic() > deadline:
                 break
         hook.send_signal(signal.SIGSTOP)
-        left = [d for d in devices if os.path.exists(f"/sys/class/net/{d}")]
         hook.kill()
         hook.wait()
+        # After the kill: a tap caught before it was made persistent goes with its process.
+        left = [d for d in devices if os.path.exists(f"/sys/class/net/{d}")]
         if 0 < len(left) < len(devices):
             return left
         subprocess.run([HOOK, name, "release", "end", "-"], input=xml.encode(), check=True)
