@@ -80,9 +80,6 @@ class Plan:
                 "actions": [action.as_dict() for action in self.actions],
                 "sources": [source.as_dict() for source in self.sources]}
 
-    def describe(self) -> list[str]:
-        return [action.describe() for action in self.actions + self.sources]
-
 
 def _family(interface) -> int:
     return socket.AF_INET6 if interface.version == 6 else socket.AF_INET

@@ -131,14 +131,6 @@ def write_record(uuid: str, record: dict) -> None:
     os.replace(temporary, path)
 
 
-def read_record(uuid: str) -> dict | None:
-    try:
-        with open(_record_path(uuid), encoding="utf-8") as stream:
-            return json.load(stream)
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
 def drop_record(uuid: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(_record_path(uuid))
