@@ -35,7 +35,9 @@ _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 def one_line(text: str) -> str:
     """text with line breaks and control characters written as escapes."""
     return _CONTROL.sub(lambda match: match.group().encode("unicode_escape").decode(), text)
-_IFNAME = re.compile(r"^[A-Za-z0-9_.+-]{1,15}$")
+# The kernel refuses '/', ':' and white space in names (dev_valid_name); kvmhooks also
+# refuses shell and glob metacharacters, so a name is always safe in a log line.
+IFNAME = re.compile(r"^[A-Za-z0-9_.+-]{1,15}$")
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,7 @@ def triage(trigger: str, argv: list[str], stdin) -> Answer | Work:
     if trigger == "nic-event":
         if len(argv) != 2 or argv[0] not in NIC_ACTIONS:
             return Answer(2, stderr="usage: nic-event add|move|remove IFNAME")
-        if not _IFNAME.match(argv[1]):
+        if not IFNAME.match(argv[1]):
             return Answer(2, stderr=one_line(f"nic-event: {argv[1]!r} is not an interface "
                                              "name (1 to 15 of letters, digits, '_.+-')"))
         return Work()
@@ -187,12 +189,17 @@ def main(argv: list[str]) -> int:
             data = answer.data
             answer = ask_agent(argv[0], argv[1:], data) or run_in_process(argv[0], argv[1:],
                                                                           data)
+    return write_answer(answer, sys.stdout.buffer, sys.stderr)
+
+
+def write_answer(answer: Answer, stdout, stderr) -> int:
+    """Put an answer where libvirt reads it; returns its exit status."""
     if answer.stdout:
-        sys.stdout.buffer.write(answer.stdout)
-        sys.stdout.buffer.flush()
+        stdout.write(answer.stdout)
+        stdout.flush()
     if answer.stderr:
-        sys.stderr.write("".join(f"kvmhooks: {line}\n"
-                                 for line in answer.stderr.splitlines()))
+        stderr.write("".join(f"kvmhooks: {line}\n" for line in answer.stderr.splitlines()))
+        stderr.flush()
     return answer.status
 
 

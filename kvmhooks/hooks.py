@@ -20,6 +20,7 @@ from .hookclient import (
     one_line,
     release_uuid,
     triage,
+    write_answer,
 )
 
 
@@ -38,11 +39,7 @@ def _main(trigger: str, argv: list[str], stdin, stdout, stderr) -> int:
     answer = triage(trigger, argv, stdin or sys.stdin.buffer)
     if isinstance(answer, Work):
         answer = run_engine(trigger, argv, answer.data)
-    (stdout or sys.stdout.buffer).write(answer.stdout)
-    err = stderr or sys.stderr
-    err.write("".join(f"kvmhooks: {line}\n" for line in answer.stderr.splitlines()))
-    err.flush()
-    return answer.status
+    return write_answer(answer, stdout or sys.stdout.buffer, stderr or sys.stderr)
 
 
 def run_engine(trigger: str, argv: list[str], data: bytes) -> Answer:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from .hookclient import IFNAME
+
 IFNAMSIZ_MAX = 15  # the kernel's IFNAMSIZ (16) less the terminating NUL
 MARK_PREFIX = "kvmhooks:"
 
@@ -14,9 +16,6 @@ IGNORED_NAME_GLOBS = ("kh*", "vnet*", "macvtap*", "virbr*", "lo")
 IGNORED_DEVTYPES = ("bridge", "vlan")
 
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
-# The kernel refuses '/', ':' and white space in names (dev_valid_name); we also refuse
-# shell and glob metacharacters so a name is always safe in a log line or a command.
-_IFNAME = re.compile(r"^[A-Za-z0-9_.+-]{1,15}$")
 
 
 def normalize_mac(text: str) -> str | None:
@@ -29,7 +28,7 @@ def ifname_problem(name: str) -> str | None:
     """Why name cannot be a kernel interface name, or None when it can."""
     if len(name) > IFNAMSIZ_MAX:
         return f"'{name}' is longer than {IFNAMSIZ_MAX} characters"
-    if name in (".", "..") or not _IFNAME.match(name):
+    if name in (".", "..") or not IFNAME.match(name):
         return f"'{name}' is not a valid interface name (letters, digits, '_.+-')"
     return None
 

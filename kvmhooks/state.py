@@ -58,9 +58,8 @@ def nic_event_lock(ifname: str):
     It is not the host lock: a handler calls libvirt, and libvirt may be waiting for a
     hook that waits for the host lock. Handlers take the host lock only around their
     own host changes, and never call libvirt while they hold it."""
-    if not ifname or "/" in ifname or ifname.startswith("."):
-        raise HostError(f"interface name '{ifname}' cannot name a state file")
-    gate = os.open(os.path.join(_directory("pending"), f"{ifname}.lock"),
+    gate = os.open(os.path.join(_directory("pending"),
+                                f"{_file_name('interface name', ifname)}.lock"),
                    os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     try:
         try:
@@ -116,10 +115,15 @@ def creating_marks() -> dict[str, str]:
     return found
 
 
+def _file_name(what: str, name: str) -> str:
+    """name, checked to stay a plain file name inside the state directory."""
+    if not name or "/" in name or name.startswith("."):
+        raise HostError(f"{what} '{name}' cannot name a state file")
+    return name
+
+
 def _record_path(uuid: str) -> str:
-    if not uuid or "/" in uuid or uuid.startswith("."):
-        raise HostError(f"domain UUID '{uuid}' cannot name a state file")
-    return os.path.join(_directory("domains"), f"{uuid}.json")
+    return os.path.join(_directory("domains"), f"{_file_name('domain UUID', uuid)}.json")
 
 
 def write_record(uuid: str, record: dict) -> None:
