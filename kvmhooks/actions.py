@@ -1,6 +1,6 @@
-"""The typed steps of a plan (data only) and the step that undoes each.
-
-apply.py runs them; planner.py decides them; explain prints them.
+"""The steps of a plan: each says what it is (describe), does it through the backend
+(run), and names the step that reverses it (undo). planner.py and devices.py decide them,
+apply.py runs them, explain prints them.
 """
 
 from __future__ import annotations
@@ -8,13 +8,35 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass, replace
+from typing import ClassVar, Protocol
 
 from .inventory import Route
+
+
+class Backend(Protocol):
+    """The host changes steps are made of; netlink.Netlink is the implementation. Each
+    raises HostError naming the device and the step when the kernel refuses."""
+
+    def create_bridge(self, name: str, mac: str | None, mark: str) -> None: ...
+    def create_tap(self, name: str, mac: str, bridge: str, mark: str) -> None: ...
+    def create_macvtap(self, name: str, parent: str, mode: str, mac: str,
+                       mark: str) -> None: ...
+    def create_shim(self, name: str, parent: str, address: str, mark: str) -> None: ...
+    def set_state(self, name: str, up: bool) -> None: ...
+    def set_master(self, name: str, master: str | None) -> None: ...
+    def add_address(self, name: str, address: str) -> None: ...
+    def del_address(self, name: str, address: str) -> None: ...
+    def move_route(self, route: Route, target: str) -> None: ...
+    def set_route_metric(self, route: Route, dev: str, metric: int) -> None: ...
+    def delete_link(self, name: str) -> None: ...
 
 
 @dataclass(frozen=True)
 class Action:
     def describe(self) -> str:
+        raise NotImplementedError
+
+    def run(self, backend: Backend) -> None:
         raise NotImplementedError
 
     def undo(self) -> Action | None:
@@ -27,7 +49,16 @@ class Action:
 
 
 @dataclass(frozen=True)
-class CreateBridge(Action):
+class Create(Action):
+    """A step that creates a device named `name` carrying the mark `mark` (the creation
+    journal records it while the device exists unmarked)."""
+
+    def undo(self) -> Action:
+        return DeleteLink(self.name, "undo")
+
+
+@dataclass(frozen=True)
+class CreateBridge(Create):
     name: str
     mac: str | None
     mark: str
@@ -35,12 +66,12 @@ class CreateBridge(Action):
     def describe(self) -> str:
         return f"create bridge {self.name}" + (f" with MAC {self.mac}" if self.mac else "")
 
-    def undo(self) -> Action:
-        return DeleteLink(self.name, "undo")
+    def run(self, backend: Backend) -> None:
+        backend.create_bridge(self.name, self.mac, self.mark)
 
 
 @dataclass(frozen=True)
-class CreateTap(Action):
+class CreateTap(Create):
     name: str
     mac: str
     bridge: str
@@ -49,12 +80,12 @@ class CreateTap(Action):
     def describe(self) -> str:
         return f"create tap {self.name} with MAC {self.mac} on bridge {self.bridge}"
 
-    def undo(self) -> Action:
-        return DeleteLink(self.name, "undo")
+    def run(self, backend: Backend) -> None:
+        backend.create_tap(self.name, self.mac, self.bridge, self.mark)
 
 
 @dataclass(frozen=True)
-class CreateMacvtap(Action):
+class CreateMacvtap(Create):
     name: str
     mac: str
     parent: str
@@ -65,12 +96,12 @@ class CreateMacvtap(Action):
         return (f"create macvtap {self.name} with MAC {self.mac} on {self.parent}, "
                 f"mode {self.mode}")
 
-    def undo(self) -> Action:
-        return DeleteLink(self.name, "undo")
+    def run(self, backend: Backend) -> None:
+        backend.create_macvtap(self.name, self.parent, self.mode, self.mac, self.mark)
 
 
 @dataclass(frozen=True)
-class CreateShim(Action):
+class CreateShim(Create):
     name: str
     parent: str
     address: str
@@ -79,30 +110,33 @@ class CreateShim(Action):
     def describe(self) -> str:
         return f"create shim {self.name} (macvlan bridge mode) on {self.parent} with {self.address}"
 
-    def undo(self) -> Action:
-        return DeleteLink(self.name, "undo")
+    def run(self, backend: Backend) -> None:
+        backend.create_shim(self.name, self.parent, self.address, self.mark)
 
 
 @dataclass(frozen=True)
-class SetUp(Action):
+class _LinkState(Action):
+    """SetUp and SetDown: one step, in two directions that undo each other."""
+
     name: str
+    up: ClassVar[bool]
 
     def describe(self) -> str:
-        return f"set {self.name} up"
+        return f"set {self.name} {'up' if self.up else 'down'}"
+
+    def run(self, backend: Backend) -> None:
+        backend.set_state(self.name, self.up)
 
     def undo(self) -> Action:
-        return SetDown(self.name)
+        return (SetDown if self.up else SetUp)(self.name)
 
 
-@dataclass(frozen=True)
-class SetDown(Action):
-    name: str
+class SetUp(_LinkState):
+    up = True
 
-    def describe(self) -> str:
-        return f"set {self.name} down"
 
-    def undo(self) -> Action:
-        return SetUp(self.name)
+class SetDown(_LinkState):
+    up = False
 
 
 @dataclass(frozen=True)
@@ -116,32 +150,39 @@ class SetMaster(Action):
             return f"release {self.name} from bridge {self.previous}"
         return f"enslave {self.name} to bridge {self.master}"
 
+    def run(self, backend: Backend) -> None:
+        backend.set_master(self.name, self.master)
+
     def undo(self) -> Action:
         return SetMaster(self.name, self.previous, self.master)
 
 
 @dataclass(frozen=True)
-class AddAddress(Action):
+class _AddressChange(Action):
+    """AddAddress and DelAddress: one step, in two directions that undo each other."""
+
     name: str
     address: str
+    add: ClassVar[bool]
 
     def describe(self) -> str:
-        return f"add address {self.address} to {self.name}"
-
-    def undo(self) -> Action:
-        return DelAddress(self.name, self.address)
-
-
-@dataclass(frozen=True)
-class DelAddress(Action):
-    name: str
-    address: str
-
-    def describe(self) -> str:
+        if self.add:
+            return f"add address {self.address} to {self.name}"
         return f"remove address {self.address} from {self.name}"
 
+    def run(self, backend: Backend) -> None:
+        (backend.add_address if self.add else backend.del_address)(self.name, self.address)
+
     def undo(self) -> Action:
-        return AddAddress(self.name, self.address)
+        return (DelAddress if self.add else AddAddress)(self.name, self.address)
+
+
+class AddAddress(_AddressChange):
+    add = True
+
+
+class DelAddress(_AddressChange):
+    add = False
 
 
 @dataclass(frozen=True)
@@ -152,6 +193,9 @@ class MoveRoute(Action):
 
     def describe(self) -> str:
         return f"move route {self.route.describe()} from {self.source} to {self.target}"
+
+    def run(self, backend: Backend) -> None:
+        backend.move_route(self.route, self.target)
 
     def undo(self) -> Action:
         return MoveRoute(self.route, self.target, self.source)
@@ -168,6 +212,9 @@ class SetRouteMetric(Action):
     def describe(self) -> str:
         return f"set metric {self.metric} on route {self.route.dst} dev {self.dev}"
 
+    def run(self, backend: Backend) -> None:
+        backend.set_route_metric(self.route, self.dev, self.metric)
+
     def undo(self) -> Action:
         return SetRouteMetric(replace(self.route, priority=self.metric), self.dev,
                               self.route.priority or 0)
@@ -181,23 +228,5 @@ class DeleteLink(Action):
     def describe(self) -> str:
         return f"delete {self.name} ({self.reason})"
 
-
-@dataclass(frozen=True)
-class WriteSource(Action):
-    """Rewrite a native interface's type and <source> in the domain XML."""
-
-    mac: str
-    type: str
-    bridge: str | None = None
-    dev: str | None = None
-    mode: str | None = None
-    network: str | None = None
-
-    def describe(self) -> str:
-        if self.type == "bridge":
-            source = f"bridge='{self.bridge}'"
-        elif self.type == "direct":
-            source = f"dev='{self.dev}' mode='{self.mode}'"
-        else:
-            source = f"network='{self.network}'"
-        return f"write interface {self.mac}: type='{self.type}' <source {source}/>"
+    def run(self, backend: Backend) -> None:
+        backend.delete_link(self.name)

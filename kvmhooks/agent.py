@@ -15,8 +15,11 @@ import socket
 import struct
 import threading
 
+from . import virt  # noqa: F401  (imported now: the first NIC event need not wait for it)
+from .dispatch import run
+
+# hookclient.py runs alone under `python3 -I -S`: the wire format it speaks is defined there.
 from .hookclient import AGENT_SOCKET, read_message, send_message
-from .hooks import run_engine
 from .state import state_directory
 
 log = logging.getLogger("kvmhooks")
@@ -38,16 +41,10 @@ def listener() -> socket.socket:
 
 
 def serve(sock: socket.socket) -> None:
-    _preload()
     log.info("agent listening")
     while True:
         connection, _ = sock.accept()
         threading.Thread(target=_serve_one, args=(connection,), daemon=True).start()
-
-
-def _preload() -> None:
-    """Import now what every call needs, so the first one does not wait for it."""
-    from . import engine, nic, virt  # noqa: F401
 
 
 def _serve_one(connection: socket.socket) -> None:
@@ -63,9 +60,9 @@ def _serve_one(connection: socket.socket) -> None:
             # The handler converges on the host as it finds it; udev need not wait.
             send_message(stream, {"status": 0, "stderr": ""}, b"")
             stream.close()
-            run_engine(trigger, argv, data)
+            run(trigger, argv, data)
             return
-        answer = run_engine(trigger, argv, data)
+        answer = run(trigger, argv, data)
         send_message(stream, {"status": answer.status, "stderr": answer.stderr},
                      answer.stdout)
 

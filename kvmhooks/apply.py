@@ -1,4 +1,4 @@
-"""Run a plan's actions through the netlink backend, undoing what succeeded on failure.
+"""Run a plan's steps through the backend, undoing what succeeded on failure.
 
 As in pyroute2's commit/rollback: an undo is recorded only after its step succeeded,
 undone in reverse order, and undo failures are reported beside the failure itself.
@@ -9,58 +9,26 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-from .actions import (
-    Action,
-    AddAddress,
-    CreateBridge,
-    CreateMacvtap,
-    CreateShim,
-    CreateTap,
-    DelAddress,
-    DeleteLink,
-    MoveRoute,
-    SetDown,
-    SetMaster,
-    SetRouteMetric,
-    SetUp,
-)
+from .actions import Action, Backend, Create, DeleteLink
 from .errors import ApplyError
+from .state import CreationJournal
 
 log = logging.getLogger("kvmhooks")
 
 
-# EL9's Python is 3.9: a table rather than a match statement.
-_RUNNERS = {
-    CreateBridge: lambda a, b: b.create_bridge(a.name, a.mac, a.mark),
-    CreateTap: lambda a, b: b.create_tap(a.name, a.mac, a.bridge, a.mark),
-    CreateMacvtap: lambda a, b: b.create_macvtap(a.name, a.parent, a.mode, a.mac, a.mark),
-    CreateShim: lambda a, b: b.create_shim(a.name, a.parent, a.address, a.mark),
-    SetUp: lambda a, b: b.set_state(a.name, True),
-    SetDown: lambda a, b: b.set_state(a.name, False),
-    SetMaster: lambda a, b: b.set_master(a.name, a.master),
-    AddAddress: lambda a, b: b.add_address(a.name, a.address),
-    DelAddress: lambda a, b: b.del_address(a.name, a.address),
-    MoveRoute: lambda a, b: b.move_route(a.route, a.target),
-    SetRouteMetric: lambda a, b: b.set_route_metric(a.route, a.dev, a.metric),
-    DeleteLink: lambda a, b: b.delete_link(a.name),
-}
-
-
-CREATES = (CreateBridge, CreateTap, CreateMacvtap, CreateShim)
-
-
-def run_action(action: Action, backend, journal=None) -> None:
-    """journal (state.CreationJournal) records a device while it is created unmarked."""
-    if journal is not None and isinstance(action, CREATES):
+def run_step(action: Action, backend: Backend, journal: CreationJournal | None) -> None:
+    """One step; a device being created is in the journal until it carries its mark."""
+    if journal is not None and isinstance(action, Create):
         journal.begin(action.name, action.mark)
     try:
-        _RUNNERS[type(action)](action, backend)
+        action.run(backend)
     finally:
-        if journal is not None and isinstance(action, (*CREATES, DeleteLink)):
+        if journal is not None and isinstance(action, (Create, DeleteLink)):
             journal.end(action.name)
 
 
-def apply(actions: Iterable[Action], backend, context: str, journal=None) -> list[Action]:
+def apply(actions: Iterable[Action], backend: Backend, context: str,
+          journal: CreationJournal | None = None) -> list[Action]:
     """Run every action; on the first failure undo the ones done and raise ApplyError.
 
     context names the domain and the call, for the log. Returns the actions done.
@@ -68,7 +36,7 @@ def apply(actions: Iterable[Action], backend, context: str, journal=None) -> lis
     done: list[Action] = []
     for action in actions:
         try:
-            run_action(action, backend, journal)
+            run_step(action, backend, journal)
         except Exception as error:  # whatever failed, what was done must be undone
             # The caller logs the ApplyError at the severity its situation calls for.
             undo_failures = undo(done, backend, context, journal)
@@ -78,7 +46,8 @@ def apply(actions: Iterable[Action], backend, context: str, journal=None) -> lis
     return done
 
 
-def undo(done: list[Action], backend, context: str, journal=None) -> list[str]:
+def undo(done: list[Action], backend: Backend, context: str,
+         journal: CreationJournal | None = None) -> list[str]:
     failures = []
     for action in reversed(done):
         reverse = action.undo()
@@ -86,20 +55,20 @@ def undo(done: list[Action], backend, context: str, journal=None) -> list[str]:
             failures.append(f"{action.describe()} (cannot be undone)")
             continue
         try:
-            run_action(reverse, backend, journal)
+            run_step(reverse, backend, journal)
             log.info("%s: undo: %s", context, reverse.describe())
         except Exception as error:  # report every undo failure, go on with the rest
             failures.append(f"{reverse.describe()}: {error}")
     return failures
 
 
-def apply_best_effort(actions: Iterable[Action], backend, context: str,
-                      journal=None) -> list[str]:
+def apply_best_effort(actions: Iterable[Action], backend: Backend, context: str,
+                      journal: CreationJournal | None = None) -> list[str]:
     """Run every action, going on past failures (release must never fail)."""
     failures = []
     for action in actions:
         try:
-            run_action(action, backend, journal)
+            run_step(action, backend, journal)
             log.info("%s: %s", context, action.describe())
         except Exception as error:  # release must never fail: log and go on
             log.warning("%s: %s failed: %s", context, action.describe(), error)

@@ -12,10 +12,12 @@ from dataclasses import dataclass
 from lxml import etree
 
 from .errors import MetadataError
+
+# hookclient.py runs alone under `python3 -I -S` and triages on the namespace: defined there once.
+from .hookclient import NAMESPACE
 from .names import ifname_problem, normalize_mac
 from .xmlsafe import UnsafeXml, parse
 
-NAMESPACE = "urn:kvmhooks:net:1"
 KINDS = ("bridge", "direct", "network")
 DIRECT_MODES = ("bridge", "private", "vepa", "passthrough")
 DEFAULT_DIRECT_MODE = "bridge"
@@ -39,16 +41,14 @@ class Attachment:
 
 @dataclass(frozen=True)
 class DeviceInterface:
-    """The parts of a <devices><interface> that kvmhooks reads."""
+    """The parts of a <devices><interface> that kvmhooks reads. What the attributes of
+    <source> mean for each type is sources.py's to say."""
 
     mac: str
     type: str
     target_dev: str | None = None
     managed: str | None = None
-    source_bridge: str | None = None
-    source_dev: str | None = None
-    source_mode: str | None = None
-    source_network: str | None = None
+    source: tuple[tuple[str, str], ...] = ()  # the attributes of <source>
 
 
 @dataclass(frozen=True)
@@ -73,13 +73,24 @@ class Domain:
     unplugged: tuple[Attachment, ...] = ()  # live XML only: entries with no interface now
 
 
-def parse_domain(xml: bytes | str, name_hint: str = "?") -> Domain:
-    """Parse a whole domain XML; raises MetadataError with the domain's name."""
+def domain_tree(xml: bytes | str, name_hint: str = "?") -> etree._Element:
+    """Parse domain XML safely (xmlsafe); a refusal is a MetadataError naming the domain."""
     try:
-        root = parse(xml)
+        return parse(xml)
     except UnsafeXml as error:
         raise MetadataError(name_hint, str(error)) from None
-    return domain_from_tree(root, name_hint)
+
+
+def read_domain(xml: bytes | str, name_hint: str = "?",
+                live: bool = False) -> tuple[etree._Element, Domain]:
+    """A whole domain XML: its tree, and its intents."""
+    root = domain_tree(xml, name_hint)
+    return root, domain_from_tree(root, name_hint, live)
+
+
+def parse_domain(xml: bytes | str, name_hint: str = "?") -> Domain:
+    """The intents alone, for callers that do not edit the XML."""
+    return read_domain(xml, name_hint)[1]
 
 
 def domain_from_tree(root: etree._Element, name_hint: str = "?", live: bool = False) -> Domain:
@@ -194,10 +205,7 @@ def device_interfaces(root: etree._Element, domain: str) -> dict[str, DeviceInte
             type=element.get("type", ""),
             target_dev=target.get("dev") if target is not None else None,
             managed=target.get("managed") if target is not None else None,
-            source_bridge=source.get("bridge") if source is not None else None,
-            source_dev=source.get("dev") if source is not None else None,
-            source_mode=source.get("mode") if source is not None else None,
-            source_network=source.get("network") if source is not None else None,
+            source=tuple(source.attrib.items()) if source is not None else (),
         )
     for mac in sorted(duplicates):
         raise MetadataError(domain, "more than one <interface> in <devices> has this MAC", mac)

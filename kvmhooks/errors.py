@@ -6,6 +6,7 @@ Exit status follows the contract: 1 for host or runtime failures, 2 for bad inpu
 
 from __future__ import annotations
 
+# hookclient.py runs alone under `python3 -I -S`; its error lines and ours share one_line.
 from .hookclient import one_line
 
 EXIT_RUNTIME = 1

@@ -1,9 +1,18 @@
-"""What the hook executables and the udev rule run first, as
-`python3 -I -S hookclient.py TRIGGER ARGS...`: without site-packages, with nothing but the
-standard library, so a call with nothing to do costs a bare interpreter start.
+"""The standard-library front door: what the hook executables and the udev rule run, as
+`python3 -I -S hookclient.py TRIGGER ARGS...`.
 
-It decides whether a call has work (triage); hands work to the kvmhooks agent, which keeps
-the engine and its imports warm; and runs the work in-process where no agent listens.
+`-S` leaves out site-packages, so a call with nothing to do costs a bare interpreter start;
+so this file cannot import the kvmhooks package (nor lxml, pyroute2 or libvirt), and the RPM
+installs it on its own, as /usr/libexec/kvmhooks/hookclient.py. It decides whether a call
+has work (triage); hands work to the kvmhooks agent, which keeps the engine warm; and, where
+no agent listens, turns site-packages on and runs the same work in-process through
+kvmhooks.dispatch.
+
+What both sides need (the metadata namespace, the interface-name rule, one-line error text,
+the state directory, the hook operations, the agent's wire format) is defined here, once,
+and the package imports it from here. Those imports, and the fallback's import of
+kvmhooks.dispatch, are the edges between this file and the package; `-I -S` forces them,
+and each carries a comment saying so.
 """
 
 from __future__ import annotations
@@ -15,10 +24,10 @@ import socket
 import sys
 from dataclasses import dataclass
 
-NAMESPACE_BYTES = b"urn:kvmhooks:net:1"
+NAMESPACE = "urn:kvmhooks:net:1"  # of the domain metadata kvmhooks reads
 DEFAULT_STATE_DIR = "/run/kvmhooks"
 AGENT_SOCKET = "agent.sock"
-AGENT_TIMEOUT = 600.0  # a prepare may wait for the host lock behind re-plugs
+AGENT_TIMEOUT = 600.0  # a prepare may wait its turn at the host behind re-plugs
 
 QEMU_NOTHING_TO_DO = frozenset({"start", "started", "stopped"})
 QEMU_REWRITES_XML = frozenset({"migrate", "restore"})  # stdout replaces the domain XML
@@ -88,7 +97,7 @@ def _triage_qemu(argv: list[str], stdin) -> Answer | Work:
         return Answer(stderr=one_line(f"qemu hook: ignoring unknown operation '{operation}' "
                                       f"for domain {name}"))
     data = stdin.read()
-    if NAMESPACE_BYTES in data or (operation == "release" and _has_record(data)):
+    if NAMESPACE.encode() in data or (operation == "release" and _has_record(data)):
         return Work(data)
     return Answer(stdout=data if operation in QEMU_REWRITES_XML else b"")
 
@@ -102,6 +111,11 @@ def _triage_network(argv: list[str], stdin) -> Answer | Work:
     return Work(stdin.read())
 
 
+def record_path(uuid: str) -> str:
+    """Where the record of what a domain's prepare built lives."""
+    return os.path.join(state_dir(), "domains", f"{uuid}.json")
+
+
 def release_uuid(data: bytes) -> str | None:
     match = _UUID.search(data)
     return match.group(1).decode("ascii").lower() if match else None
@@ -110,8 +124,7 @@ def release_uuid(data: bytes) -> str | None:
 def _has_record(data: bytes) -> bool:
     """Whether kvmhooks built something for this domain (its metadata may be gone)."""
     uuid = release_uuid(data)
-    return uuid is not None and os.path.exists(
-        os.path.join(state_dir(), "domains", f"{uuid}.json"))
+    return uuid is not None and os.path.exists(record_path(uuid))
 
 
 # --- the agent's wire format: one JSON line, then that many bytes ------------------------
@@ -157,8 +170,9 @@ def run_in_process(trigger: str, argv: list[str], data: bytes) -> Answer:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     if trigger == "nic-event":
         return _detach_nic_event(argv)
-    from kvmhooks.hooks import run_engine
-    return run_engine(trigger, argv, data)
+    # The in-process fallback is the one edge from here into the package, after site.main().
+    from kvmhooks.dispatch import run
+    return run(trigger, argv, data)
 
 
 def _detach_nic_event(argv: list[str]) -> Answer:
@@ -174,8 +188,8 @@ def _detach_nic_event(argv: list[str]) -> Answer:
         devnull = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(devnull, fd)
-        from kvmhooks.hooks import run_engine
-        run_engine("nic-event", argv, b"")
+        from kvmhooks.dispatch import run  # as in run_in_process
+        run("nic-event", argv, b"")
     finally:
         os._exit(0)
 

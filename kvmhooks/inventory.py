@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from .names import MARK_PREFIX
+from .names import Mark, parse_mark
 
 LOWER_KINDS = ("macvlan", "macvtap")  # kinds whose IFLA_LINK is a parent on this host
 
@@ -42,8 +42,12 @@ class Link:
     permanent_mac: str | None = None
 
     @property
+    def mark(self) -> Mark | None:
+        return parse_mark(self.alias)
+
+    @property
     def marked(self) -> bool:
-        return bool(self.alias and self.alias.startswith(MARK_PREFIX))
+        return self.mark is not None
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,13 @@ class Inventory:
 
     def marked_with(self, mark: str) -> tuple[Link, ...]:
         return tuple(link for link in self.links if link.alias == mark)
+
+    def orphans(self, running_uuids: set[str]) -> tuple[tuple[Link, str], ...]:
+        """kvmhooks' per-guest devices of domains that do not run (a prepare killed before
+        it could undo, a release that never came), each with its domain's UUID."""
+        return tuple((link, link.mark.subject) for link in self.links
+                     if link.mark is not None and link.mark.kind == "guest"
+                     and link.mark.subject not in running_uuids)
 
 
 def with_creating_marks(inventory: Inventory, marks: dict[str, str]) -> Inventory:

@@ -1,9 +1,12 @@
-"""Names kvmhooks gives and checks: kernel interface names, MACs, and its device mark."""
+"""Names kvmhooks gives and checks: kernel interface names, MACs, and its device marks."""
 
 from __future__ import annotations
 
+import fnmatch
 import re
+from dataclasses import dataclass
 
+# hookclient.py runs alone under `python3 -I -S` and checks names too: the rule lives there.
 from .hookclient import IFNAME
 
 IFNAMSIZ_MAX = 15  # the kernel's IFNAMSIZ (16) less the terminating NUL
@@ -33,6 +36,13 @@ def ifname_problem(name: str) -> str | None:
     return None
 
 
+def is_candidate(ifname: str, devtype: str | None) -> bool:
+    """Whether a udev event on this interface can concern an uplink (the rule file
+    applies the same filter, from the same lists, before it starts anything)."""
+    return bool(ifname) and devtype not in IGNORED_DEVTYPES and \
+        not any(fnmatch.fnmatchcase(ifname, glob) for glob in IGNORED_NAME_GLOBS)
+
+
 def hook_owned_name(mac: str) -> str:
     """The device name for a hook-owned interface: 'kh' and the MAC's 12 hex digits."""
     return "kh" + mac.replace(":", "")
@@ -42,17 +52,39 @@ def shim_name(uplink: str) -> str:
     return f"kh-{uplink}"
 
 
+@dataclass(frozen=True)
+class Mark:
+    """The interface alias kvmhooks gives every device it creates, `kvmhooks:KIND:SUBJECT`:
+    a bridge or shim of an uplink, a guest's device (subject: the domain's UUID), or a
+    network's bridge. kvmhooks deletes or alters no device without one."""
+
+    kind: str
+    subject: str
+
+    def __str__(self) -> str:
+        return f"{MARK_PREFIX}{self.kind}:{self.subject}"
+
+
+def parse_mark(alias: str | None) -> Mark | None:
+    """The mark an interface alias carries, or None when it is not kvmhooks'. Any alias
+    with the prefix is kvmhooks' (a kind this version does not know included)."""
+    if not alias or not alias.startswith(MARK_PREFIX):
+        return None
+    kind, _, subject = alias[len(MARK_PREFIX):].partition(":")
+    return Mark(kind, subject)
+
+
 def bridge_mark(uplink: str) -> str:
-    return f"{MARK_PREFIX}bridge:{uplink}"
+    return str(Mark("bridge", uplink))
 
 
 def shim_mark(uplink: str) -> str:
-    return f"{MARK_PREFIX}shim:{uplink}"
+    return str(Mark("shim", uplink))
 
 
 def guest_mark(domain_uuid: str) -> str:
-    return f"{MARK_PREFIX}guest:{domain_uuid}"
+    return str(Mark("guest", domain_uuid))
 
 
 def network_mark(network: str) -> str:
-    return f"{MARK_PREFIX}network:{network}"
+    return str(Mark("network", network))

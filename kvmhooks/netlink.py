@@ -34,6 +34,9 @@ class Netlink:
         return self
 
     def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
         self.ipr.close()
 
     # --- reading -----------------------------------------------------------------

@@ -1,49 +1,44 @@
-"""Domain XML transformations (pure, golden-tested): write this host's sources into
-native tagged interfaces, and add or change a tagged interface for `kvmhooks attach`."""
+"""Domain XML edits (pure, golden-tested): this host's sources written into native tagged
+interfaces (migrate, restore, `kvmhooks apply`), the interface a re-plug attaches, and the
+tagged interface `kvmhooks attach` adds or changes."""
 
 from __future__ import annotations
 
+import copy
+
 from lxml import etree
 
-from .actions import WriteSource
 from .domain import NAMESPACE, Attachment, metadata_elements
 from .names import hook_owned_name
+from .sources import Source, SourceChange, insert_after_mac, remove_children, write_source
 
 _PREFIX = "kh"
 
 
-def write_sources(root: etree._Element, sources: tuple[WriteSource, ...]) -> etree._Element:
-    """Rewrite each interface named by a WriteSource in place; returns root."""
-    for source in sources:
-        apply_source(find_interface(root, source.mac), source)
+def write_sources(root: etree._Element, changes: tuple[SourceChange, ...]) -> etree._Element:
+    """Rewrite each interface named by a change in place; returns root."""
+    for change in changes:
+        write_source(find_interface(root, change.mac), change.wanted)
     return root
 
 
-def apply_source(element: etree._Element, source: WriteSource) -> None:
-    """Give one <interface> element the type and <source> of a WriteSource."""
-    if element.get("type") != source.type:
-        element.set("type", source.type)
-        # A target name libvirt chose for the old type means nothing for the new one.
-        for target in element.findall("target"):
-            element.remove(target)
-    _set_source(element, source)
+def retargeted_interface(live: etree._Element, source: Source) -> etree._Element:
+    """A copy of a live <interface> with this host's source (libvirt's live update moves a
+    running tap to another bridge with it)."""
+    new = copy.deepcopy(live)
+    write_source(new, source)
+    return new
 
 
-def _set_source(element: etree._Element, source: WriteSource) -> None:
-    old = element.find("source")
-    new = etree.Element("source")
-    if source.type == "bridge":
-        new.set("bridge", source.bridge)
-    elif source.type == "direct":
-        new.set("dev", source.dev)
-        new.set("mode", source.mode)
-    else:
-        new.set("network", source.network)
-    if old is not None:
-        new.tail = old.tail
-        element.replace(old, new)
-    else:
-        _insert_after_mac(element, new)
+def replugged_interface(live: etree._Element, source: Source | None) -> etree._Element:
+    """The <interface> a re-plug attaches in place of the live one: the same device with
+    this host's source (None: a hook-owned interface, whose target kvmhooks rebuilt). A
+    native interface's target is the device the detach took with it: libvirt names anew."""
+    if source is None:
+        return copy.deepcopy(live)
+    new = retargeted_interface(live, source)
+    remove_children(new, "target")
+    return new
 
 
 def find_interface(root: etree._Element, mac: str) -> etree._Element | None:
@@ -83,21 +78,18 @@ def set_hook_owned(root: etree._Element, mac: str) -> None:
     """Make the interface with this MAC hook-owned, adding one when none has it."""
     element = _interface_for(root, mac)
     element.set("type", "ethernet")
-    for child in element.findall("source"):
-        element.remove(child)
-    for child in element.findall("target"):
-        element.remove(child)
-    target = etree.Element("target", dev=hook_owned_name(mac), managed="no")
-    _insert_after_mac(element, target)
+    remove_children(element, "source")
+    remove_children(element, "target")
+    insert_after_mac(element, etree.Element("target", dev=hook_owned_name(mac), managed="no"))
 
 
-def set_native(root: etree._Element, source: WriteSource) -> None:
-    element = _interface_for(root, source.mac)
+def set_native(root: etree._Element, mac: str, source: Source) -> None:
+    """Make the interface with this MAC native, with this source."""
+    element = _interface_for(root, mac)
     target = element.find("target")
     if target is not None and target.get("managed") == "no":
         element.remove(target)
-    element.set("type", source.type)
-    _set_source(element, source)
+    write_source(element, source)
 
 
 def _interface_for(root: etree._Element, mac: str) -> etree._Element:
@@ -111,12 +103,3 @@ def _interface_for(root: etree._Element, mac: str) -> etree._Element:
     etree.SubElement(element, "mac", address=mac)
     etree.SubElement(element, "model", type="virtio")
     return element
-
-
-def _insert_after_mac(element: etree._Element, new: etree._Element) -> None:
-    mac = element.find("mac")
-    if mac is None:
-        element.insert(0, new)
-        return
-    new.tail = mac.tail
-    element.insert(list(element).index(mac) + 1, new)

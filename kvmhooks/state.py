@@ -10,7 +10,9 @@ import os
 import stat
 
 from .errors import HostError
-from .hookclient import state_dir
+
+# hookclient.py runs alone under `python3 -I -S` and reads records too: their paths live there.
+from .hookclient import record_path, state_dir
 
 
 def state_directory() -> str:
@@ -94,7 +96,6 @@ class CreationJournal:
             os.unlink(os.path.join(self.directory, name))
 
 
-
 def forget_creating(existing: set[str]) -> None:
     """Drop journal entries of devices that do not exist; only under the host lock, where
     no creation is under way."""
@@ -123,7 +124,8 @@ def _file_name(what: str, name: str) -> str:
 
 
 def _record_path(uuid: str) -> str:
-    return os.path.join(_directory("domains"), f"{_file_name('domain UUID', uuid)}.json")
+    _directory("domains")
+    return record_path(_file_name("domain UUID", uuid))
 
 
 def write_record(uuid: str, record: dict) -> None:

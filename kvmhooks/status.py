@@ -5,20 +5,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from .config import Config
+from .devices import guest_link, link_problem
 from .domain import Domain, TaggedInterface
 from .errors import KvmhooksError
 from .inventory import Inventory
-from .names import guest_mark
-from .planner import (
-    Resolution,
-    current_source,
-    orphans,
-    resolve,
-    source_difference,
-    tap_mac,
-    uplink_for,
-    wanted_source,
-)
+from .resolve import Resolution, resolve, uplink_for
+from .sources import source_change
 
 
 @dataclass(frozen=True)
@@ -28,7 +20,7 @@ class InterfaceStatus:
     uplink: str
     nic: str
     device: str
-    state: str  # ok, missing or stale
+    state: str  # ok, missing, stale or orphan
     reason: str = ""
 
     def as_dict(self) -> dict:
@@ -57,11 +49,9 @@ def _interface(domain: Domain, tagged: TaggedInterface, running: bool, config: C
     except KvmhooksError as error:
         return row("missing", str(error))
     nic = resolution.nic if resolution and resolution.nic else "-"
-    if not tagged.hook_owned:
-        wanted = wanted_source(tagged, resolution)
-        current = current_source(tagged)
-        if current != wanted:
-            return row("stale", source_difference(current, wanted), nic)
+    change = source_change(tagged, resolution)
+    if change is not None:
+        return row("stale", change.difference(), nic)
     if not running:
         return row("ok", "", nic)
     problem = _device_problem(tagged, resolution, inventory)
@@ -79,33 +69,16 @@ def _device_problem(tagged: TaggedInterface, resolution: Resolution | None,
         return "missing", f"host device {name or '(unnamed)'} does not exist"
     if resolution is None:
         return None
-    if tagged.attachment.kind == "bridge":
-        bridge = inventory.by_name(resolution.bridge)
-        if bridge is None or link.master != bridge.index:
-            return "stale", f"{name} is not a port of bridge {resolution.bridge}"
-        if tagged.hook_owned and link.mac != tap_mac(tagged.mac):
-            return "stale", f"{name} has MAC {link.mac}"
-        return None
-    lower = inventory.by_name(resolution.lower)
-    if link.kind != "macvtap" or lower is None or link.parent != lower.index:
-        return "stale", f"{name} is not a macvtap on {resolution.lower}"
-    if link.mode != tagged.attachment.mode:
-        return "stale", f"{name} is in mode {link.mode}, metadata says {tagged.attachment.mode}"
-    if link.mac != tagged.mac:
-        return "stale", f"{name} has MAC {link.mac}"
-    return None
+    problem = link_problem(link, guest_link(tagged, resolution), inventory)
+    return ("stale", f"{name} {problem}") if problem else None
 
 
 def orphan_status(inventory: Inventory, running_uuids: set[str],
                   names: dict[str, str]) -> list[InterfaceStatus]:
     """Rows for the per-guest devices kvmhooks owns whose domain does not run; names maps
     the UUIDs of defined domains to their names."""
-    rows = []
-    for link in orphans(inventory, running_uuids):
-        uuid = link.alias[len(guest_mark("")):]
-        rows.append(InterfaceStatus(
-            domain=names.get(uuid, uuid), mac=link.mac or "-", uplink="-", nic="-",
-            device=link.name, state="orphan",
-            reason="kvmhooks made it for a domain that does not run; 'kvmhooks apply' "
-                   "removes it"))
-    return rows
+    return [InterfaceStatus(
+        domain=names.get(uuid, uuid), mac=link.mac or "-", uplink="-", nic="-",
+        device=link.name, state="orphan",
+        reason="kvmhooks made it for a domain that does not run; 'kvmhooks apply' "
+               "removes it") for link, uuid in inventory.orphans(running_uuids)]

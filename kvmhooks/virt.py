@@ -31,10 +31,7 @@ class Libvirt:
             raise HostError(f"cannot connect to libvirt at {uri}: "
                             f"{error.get_error_message()}") from None
 
-    def __enter__(self) -> Libvirt:
-        return self
-
-    def __exit__(self, *exc) -> None:
+    def close(self) -> None:
         self.conn.close()
 
     def domain(self, name: str) -> libvirt.virDomain:

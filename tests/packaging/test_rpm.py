@@ -44,7 +44,8 @@ CONTRACT = {
     CONFIG: 0o644,
     COMMAND: 0o755,
     f"{SITELIB}/kvmhooks/__init__.py": 0o644,
-    f"{SITELIB}/kvmhooks/hooks.py": 0o644,
+    f"{SITELIB}/kvmhooks/dispatch.py": 0o644,
+    f"{SITELIB}/kvmhooks/engine/session.py": 0o644,
     f"{SITELIB}/kvmhooks/cli.py": 0o644,
     "/usr/share/doc/kvmhooks/README.md": 0o644,
     "/usr/share/licenses/kvmhooks/LICENSE": 0o644,
@@ -161,7 +162,7 @@ def test_el10_build_drops_tomli_and_uses_python_3_12(tmp_path):
     requires = _query(rpm, "--requires")
     assert "python3-tomli" not in requires
     assert "python(abi) = 3.12" in requires
-    assert "/usr/lib/python3.12/site-packages/kvmhooks/hooks.py" in _query(rpm, "--list")
+    assert "/usr/lib/python3.12/site-packages/kvmhooks/dispatch.py" in _query(rpm, "--list")
 
 
 def test_config_is_noreplace_and_the_only_config_file(rpms):
@@ -299,9 +300,9 @@ def test_installed_package_imports_whole(installed, tmp_path):
     script = tmp_path / "import_all.py"
     script.write_text(
         "import importlib, pkgutil, kvmhooks\n"
-        "for module in pkgutil.iter_modules(kvmhooks.__path__):\n"
-        "    if module.name != '__main__':\n"
-        "        importlib.import_module('kvmhooks.' + module.name)\n")
+        "for module in pkgutil.walk_packages(kvmhooks.__path__, 'kvmhooks.'):\n"
+        "    if module.name != 'kvmhooks.__main__':\n"
+        "        importlib.import_module(module.name)\n")
     result = _run_installed(installed, script, tmp_path=tmp_path)
     assert result.returncode == 0, result.stderr.decode()
     assert _from_the_scratch_root(installed, result)

@@ -10,10 +10,10 @@ from helpers import guest_mac, host_state, uplink_name
 from pyroute2.netlink.exceptions import NetlinkError
 from tagged import Iface, domain_xml
 
-from kvmhooks import engine
 from kvmhooks.apply import apply
 from kvmhooks.config import parse
 from kvmhooks.domain import parse_domain
+from kvmhooks.engine.session import HostSession
 from kvmhooks.errors import ApplyError
 from kvmhooks.netlink import Netlink
 from kvmhooks.planner import plan_prepare
@@ -63,9 +63,10 @@ def test_every_failed_step_leaves_the_host_as_it_was(cleanup, subnet):
     domain = parse_domain(domain_xml(lab.unique_name("kt-dom-"), ifaces))
     names = {nic.name, bridge, *(i.hook_owned_dev for i in ifaces)}
 
-    with Netlink() as netlink:
+    with HostSession("faults") as session:
+        netlink = session.netlink
         before = host_state(netlink, names)
-        plan = plan_prepare(domain, config, engine.scan(netlink, config))
+        plan = plan_prepare(domain, config, session.scan(config))
         real = netlink.ipr
         counting = FailingIPRoute(real, None)
         netlink.ipr = counting

@@ -11,10 +11,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tagged import Iface, domain_xml
 
-from kvmhooks import engine
 from kvmhooks.apply import apply
 from kvmhooks.config import parse
 from kvmhooks.domain import parse_domain
+from kvmhooks.engine.session import HostSession
 from kvmhooks.netlink import Netlink
 from kvmhooks.planner import plan_prepare
 
@@ -63,9 +63,10 @@ def test_apply_then_undo_restores_the_host(libvirt_conn, host, wanted):
             lab.delete_link_later(cleanup, iface.hook_owned_dev)
         domain = parse_domain(domain_xml(lab.unique_name("kt-dom-"), ifaces))
         names = {nic.name, bridge, *(i.hook_owned_dev for i in ifaces)}
-        with Netlink() as netlink:
+        with HostSession("property") as session:
+            netlink = session.netlink
             before = host_state(netlink, names)
-            plan = plan_prepare(domain, config, engine.scan(netlink, config))
+            plan = plan_prepare(domain, config, session.scan(config))
             done = apply(plan.actions, netlink, "property")
             assert done == list(plan.actions)
             apply([action.undo() for action in reversed(done)], netlink, "property undo")

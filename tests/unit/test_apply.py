@@ -19,7 +19,6 @@ from kvmhooks.actions import (
     SetDown,
     SetMaster,
     SetUp,
-    WriteSource,
 )
 from kvmhooks.apply import apply, apply_best_effort
 from kvmhooks.errors import ApplyError, HostError
@@ -43,7 +42,6 @@ ROUTE = Route("default", 2, gateway="198.18.5.1")
     (DelAddress("eth1", "198.18.5.10/24"), AddAddress("eth1", "198.18.5.10/24")),
     (MoveRoute(ROUTE, "eth1", "br-lan"), MoveRoute(ROUTE, "br-lan", "eth1")),
     (DeleteLink("kh1", "stopped"), None),
-    (WriteSource(MAC1, "bridge", bridge="br-lan"), None),
 ])
 def test_undo(action, reverse):
     assert action.undo() == reverse

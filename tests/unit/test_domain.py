@@ -6,6 +6,7 @@ import pytest
 
 from kvmhooks.domain import Attachment, domain_from_tree, parse_domain
 from kvmhooks.errors import MetadataError
+from kvmhooks.sources import DirectSource, current_source
 from kvmhooks.xmlsafe import MAX_XML_BYTES, parse
 
 from .builders import (
@@ -37,7 +38,8 @@ def test_one_entry_of_each_type():
     ]
     assert [t.hook_owned for t in parsed.tagged] == [True, False, False]
     assert parsed.tagged[0].device.target_dev == "kh5254006b3c01"
-    assert parsed.tagged[1].device.source_dev == "eth1"
+    assert dict(parsed.tagged[1].device.source) == {"dev": "eth1"}
+    assert current_source(parsed.tagged[1]) == DirectSource("eth1", "vepa")  # libvirt's default
 
 
 @pytest.mark.parametrize("mode", ["bridge", "private", "vepa", "passthrough"])

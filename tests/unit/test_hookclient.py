@@ -12,8 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvmhooks import agent, hookclient, hooks
+from kvmhooks import agent, hookclient
 from kvmhooks.hookclient import Answer, Work, triage
+
+from .hookcalls import hook_call
 
 TAGGED = b"""<domain><name>web1</name><uuid>0f3c4b9e-55a8-4c61-8d2a-7c1e2b3a4d5e</uuid>
 <metadata><kh:net xmlns:kh="urn:kvmhooks:net:1">
@@ -115,7 +117,7 @@ def test_the_agent_serves_a_call_and_reports_its_error(tmp_path, monkeypatch):
 
 @settings(max_examples=200, deadline=None)
 @given(data=st.binary(max_size=3000) | st.builds(
-    lambda head, tail: head + hookclient.NAMESPACE_BYTES + tail,
+    lambda head, tail: head + hookclient.NAMESPACE.encode() + tail,
     st.binary(max_size=1000), st.binary(max_size=1000)) | st.just(TAGGED),
        operation=st.sampled_from(["reconnect", "attach", "release"]),
        extra=st.lists(st.text(max_size=20), max_size=3))
@@ -126,7 +128,7 @@ def test_reconnect_attach_and_release_never_fail(data, operation, extra, tmp_pat
     os.environ.update(KVMHOOKS_CONFIG=str(state / "absent.toml"), KVMHOOKS_STATE_DIR=str(state))
     try:
         err = io.StringIO()
-        status = hooks.qemu_main(["web1", operation, "begin", *extra], stdin=io.BytesIO(data),
+        status = hook_call("qemu", ["web1", operation, "begin", *extra], stdin=io.BytesIO(data),
                                  stdout=io.BytesIO(), stderr=err)
     finally:
         for key, value in saved.items():

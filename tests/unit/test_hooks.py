@@ -1,4 +1,5 @@
-"""hooks.qemu_main's paths that need neither config nor netlink nor libvirt."""
+"""Hook calls (hookclient triage, then dispatch) on paths that need neither config nor
+netlink nor libvirt."""
 
 from __future__ import annotations
 
@@ -8,9 +9,8 @@ import sys
 
 import pytest
 
-from kvmhooks.hooks import network_main, qemu_main
-
 from .builders import MAC1, domain_xml, meta, native_bridge
+from .hookcalls import hook_call
 
 
 class Unreadable(io.BytesIO):
@@ -21,7 +21,7 @@ class Unreadable(io.BytesIO):
 @pytest.mark.parametrize("operation", ["start", "started", "stopped"])
 def test_nothing_to_do_returns_without_reading_stdin(operation, capsys):
     stdout = io.BytesIO()
-    assert qemu_main(["web1", operation, "begin", "-"], Unreadable(), stdout) == 0
+    assert hook_call("qemu", ["web1", operation, "begin", "-"], Unreadable(), stdout) == 0
     assert stdout.getvalue() == b""
     assert capsys.readouterr() == ("", "")
 
@@ -29,11 +29,12 @@ def test_nothing_to_do_returns_without_reading_stdin(operation, capsys):
 def test_nothing_to_do_imports_nothing_heavy():
     script = (
         "import sys\n"
-        "from kvmhooks.hooks import qemu_main\n"
+        "from kvmhooks import hookclient\n"
         "for op in ('start', 'started', 'stopped'):\n"
-        "    assert qemu_main(['web1', op, 'begin', '-']) == 0\n"
+        "    assert hookclient.main(['qemu', 'web1', op, 'begin', '-']) == 0\n"
         "heavy = [m for m in ('lxml', 'pyroute2', 'libvirt', 'pyudev', 'kvmhooks.netlink',\n"
-        "                     'kvmhooks.virt', 'kvmhooks.engine') if m in sys.modules]\n"
+        "                     'kvmhooks.virt', 'kvmhooks.engine', 'kvmhooks.dispatch')\n"
+        "         if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )
     result = subprocess.run([sys.executable, "-c", script], stdin=subprocess.DEVNULL,
@@ -45,20 +46,20 @@ def test_nothing_to_do_imports_nothing_heavy():
 def test_untagged_domain_is_printed_unchanged_once(operation, capsys):
     xml = domain_xml(native_bridge(MAC1, "br0")).encode()
     stdout = io.BytesIO()
-    assert qemu_main(["web1", operation, "begin", "-"], io.BytesIO(xml), stdout) == 0
+    assert hook_call("qemu", ["web1", operation, "begin", "-"], io.BytesIO(xml), stdout) == 0
     assert stdout.getvalue() == xml
     assert capsys.readouterr().err == ""
 
 
 def test_unknown_operation_exits_0_with_one_line(capsys):
-    assert qemu_main(["web1", "teleport", "begin", "-"], Unreadable(), io.BytesIO()) == 0
+    assert hook_call("qemu", ["web1", "teleport", "begin", "-"], Unreadable(), io.BytesIO()) == 0
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "teleport" in err and "web1" in err
 
 
 @pytest.mark.parametrize("argv", [[], ["web1"]])
 def test_missing_arguments_exit_2(argv, capsys):
-    assert qemu_main(argv, Unreadable(), io.BytesIO()) == 2
+    assert hook_call("qemu", argv, Unreadable(), io.BytesIO()) == 2
     assert capsys.readouterr().err.startswith("kvmhooks: usage:")
 
 
@@ -66,7 +67,7 @@ def test_release_of_untagged_domain_without_record_does_nothing(tmp_path, monkey
     monkeypatch.setenv("KVMHOOKS_STATE_DIR", str(tmp_path))
     stdout = io.BytesIO()
     xml = domain_xml(native_bridge(MAC1, "br0")).encode()
-    assert qemu_main(["web1", "release", "end", "-"], io.BytesIO(xml), stdout) == 0
+    assert hook_call("qemu", ["web1", "release", "end", "-"], io.BytesIO(xml), stdout) == 0
     assert stdout.getvalue() == b"" and capsys.readouterr() == ("", "")
 
 
@@ -74,13 +75,14 @@ def test_tagged_domain_without_native_changes_is_printed_unchanged(capsys):
     xml = domain_xml(native_bridge(MAC1, "br0")).replace(
         "<devices>", '<metadata><k:net xmlns:k="urn:kvmhooks:net:1"/></metadata><devices>')
     stdout = io.BytesIO()
-    assert qemu_main(["web1", "restore", "begin", "-"], io.BytesIO(xml.encode()), stdout) == 0
+    assert hook_call("qemu", ["web1", "restore", "begin", "-"], io.BytesIO(xml.encode()),
+                     stdout) == 0
     assert stdout.getvalue() == xml.encode()
 
 
 def test_prepare_of_untagged_domain_does_nothing(capsys):
     xml = domain_xml(native_bridge(MAC1, "br0")).encode()
-    assert qemu_main(["web1", "prepare", "begin", "-"], io.BytesIO(xml), io.BytesIO()) == 0
+    assert hook_call("qemu", ["web1", "prepare", "begin", "-"], io.BytesIO(xml), io.BytesIO()) == 0
     assert capsys.readouterr() == ("", "")
 
 
@@ -91,7 +93,7 @@ def test_bad_metadata_is_one_line_and_reconnect_never_fails(operation, status, c
     monkeypatch.setattr("kvmhooks.logsetup.SYSLOG_SOCKET", "/nonexistent/log")
     xml = domain_xml(meta(MAC1, "bridge"), native_bridge(MAC1, "br0")).encode()
     stdout = io.BytesIO()
-    assert qemu_main(["web1", operation, "begin", "-"], io.BytesIO(xml), stdout) == status
+    assert hook_call("qemu", ["web1", operation, "begin", "-"], io.BytesIO(xml), stdout) == status
     err = capsys.readouterr().err
     assert err == f"kvmhooks: domain web1 interface {MAC1}: type 'bridge' needs uplink\n"
     assert stdout.getvalue() == b""
@@ -114,18 +116,19 @@ def no_config(tmp_path, monkeypatch):
 @pytest.mark.parametrize("operation", ["started", "port-created", "port-deleted", "updated",
                                        "plugged", "teleport"])
 def test_network_operations_other_than_start_and_stopped_read_nothing(operation, capsys):
-    assert network_main(["host-bridge", operation, "begin", "-"], Unreadable()) == 0
+    assert hook_call("network", ["host-bridge", operation, "begin", "-"], Unreadable()) == 0
     assert capsys.readouterr() == ("", "")
 
 
 def test_network_operations_with_nothing_to_do_import_nothing_heavy():
     script = (
         "import sys\n"
-        "from kvmhooks.hooks import network_main\n"
+        "from kvmhooks import hookclient\n"
         "for op in ('started', 'port-created', 'port-deleted', 'updated'):\n"
-        "    assert network_main(['default', op, 'begin', '-']) == 0\n"
+        "    assert hookclient.main(['network', 'default', op, 'begin', '-']) == 0\n"
         "heavy = [m for m in ('lxml', 'pyroute2', 'libvirt', 'pyudev', 'kvmhooks.netlink',\n"
-        "                     'kvmhooks.virt', 'kvmhooks.engine') if m in sys.modules]\n"
+        "                     'kvmhooks.virt', 'kvmhooks.engine', 'kvmhooks.dispatch')\n"
+        "         if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )
     result = subprocess.run([sys.executable, "-c", script], stdin=subprocess.DEVNULL,
@@ -135,7 +138,7 @@ def test_network_operations_with_nothing_to_do_import_nothing_heavy():
 
 @pytest.mark.parametrize("argv", [[], ["host-bridge"]])
 def test_network_hook_missing_arguments_exit_2(argv, capsys):
-    assert network_main(argv, Unreadable()) == 2
+    assert hook_call("network", argv, Unreadable()) == 2
     assert capsys.readouterr().err.startswith("kvmhooks: usage: network ")
 
 
@@ -146,7 +149,7 @@ def test_network_hook_missing_arguments_exit_2(argv, capsys):
                 b'<bridge name="virbr0"/></network></hookData>'),
 ])
 def test_host_without_config_is_left_alone(operation, sub, name, data, no_config, capsys):
-    assert network_main([name, operation, sub, "-"], io.BytesIO(data)) == 0
+    assert hook_call("network", [name, operation, sub, "-"], io.BytesIO(data)) == 0
     assert capsys.readouterr() == ("", "")
 
 
@@ -159,7 +162,7 @@ def test_malformed_hook_data_is_one_line(operation, sub, status, no_config, tmp_
                       '[network.host-bridge]\nuplink = "lan"\n')
     monkeypatch.setenv("KVMHOOKS_CONFIG", str(config))
     data = io.BytesIO(b"<hookData><network><name>host-bridge</name>")
-    assert network_main(["host-bridge", operation, sub, "-"], data) == status
+    assert hook_call("network", ["host-bridge", operation, sub, "-"], data) == status
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert err.startswith("kvmhooks: network host-bridge: malformed XML")

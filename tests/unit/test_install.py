@@ -8,8 +8,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 
 from kvmhooks import install
-from kvmhooks.names import IGNORED_DEVTYPES, IGNORED_NAME_GLOBS
-from kvmhooks.nic import is_candidate
+from kvmhooks.names import IGNORED_DEVTYPES, IGNORED_NAME_GLOBS, is_candidate
 
 REPO = Path(__file__).resolve().parents[2]
 QEMU_HOOK = "etc/libvirt/hooks/qemu.d/kvmhooks"

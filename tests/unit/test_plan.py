@@ -16,12 +16,12 @@ from kvmhooks.actions import (
     SetMaster,
     SetRouteMetric,
     SetUp,
-    WriteSource,
 )
 from kvmhooks.errors import ForeignDevice, HostError, MetadataError, NotAllowed
 from kvmhooks.inventory import Route
 from kvmhooks.names import bridge_mark, guest_mark, shim_mark
 from kvmhooks.planner import plan_prepare, plan_release, plan_repair
+from kvmhooks.sources import BridgeSource, DirectSource, NetworkSource
 
 from .builders import (
     LAN,
@@ -266,29 +266,28 @@ def test_unknown_uplink():
 
 @pytest.mark.parametrize("config_text, entry, device, wanted", [
     (LAN_BRIDGE, meta(MAC1, "bridge", uplink="lan"), native_bridge(MAC1, "br0"),
-     WriteSource(MAC1, "bridge", bridge="br-lan")),
+     BridgeSource("br-lan")),
     (LAN, meta(MAC1, "direct", uplink="lan"), native_direct(MAC1, "ens32", "bridge"),
-     WriteSource(MAC1, "direct", dev="eth1", mode="bridge")),
+     DirectSource("eth1", "bridge")),
     (LAN_BRIDGE, meta(MAC1, "direct", uplink="lan"), native_direct(MAC1, "eth1", "bridge"),
-     WriteSource(MAC1, "direct", dev="br-lan", mode="bridge")),
+     DirectSource("br-lan", "bridge")),
     (LAN, meta(MAC1, "direct", uplink="lan", mode="private"),
-     native_direct(MAC1, "eth1", "bridge"), WriteSource(MAC1, "direct", dev="eth1",
-                                                       mode="private")),
+     native_direct(MAC1, "eth1", "bridge"), DirectSource("eth1", "private")),
     (LAN, meta(MAC1, "direct", uplink="lan"), native_direct(MAC1, "eth1"),  # libvirt: vepa
-     WriteSource(MAC1, "direct", dev="eth1", mode="bridge")),
+     DirectSource("eth1", "bridge")),
     (LAN_BRIDGE, meta(MAC1, "direct", uplink="lan"), native_bridge(MAC1, "br-lan"),
-     WriteSource(MAC1, "direct", dev="br-lan", mode="bridge")),
+     DirectSource("br-lan", "bridge")),
     (LAN_BRIDGE, meta(MAC1, "bridge", uplink="lan"), native_direct(MAC1, "br-lan", "bridge"),
-     WriteSource(MAC1, "bridge", bridge="br-lan")),
+     BridgeSource("br-lan")),
     (LAN, meta(MAC1, "network", network="lan-net"), native_network(MAC1, "default"),
-     WriteSource(MAC1, "network", network="lan-net")),
+     NetworkSource("lan-net")),
     (LAN, meta(MAC1, "network", network="lan-net"), native_bridge(MAC1, "virbr0"),
-     WriteSource(MAC1, "network", network="lan-net")),
+     NetworkSource("lan-net")),
 ])
 def test_native_source_that_differs_is_planned(config_text, entry, device, wanted):
     host = bridged_host() if "bridge =" in config_text else Host().nic("eth1")
     plan = prepare(config_text, host, entry, device)
-    assert plan.sources == (wanted,)
+    assert [(change.mac, change.wanted) for change in plan.sources] == [(MAC1, wanted)]
     assert plan.actions == ()
 
 

@@ -1,4 +1,4 @@
-"""NIC events: planner.resolve_affected / plan_uplinks / plan_reconnect, nic.is_candidate
+"""NIC events: resolve.resolve_affected, planner.plan_uplinks / plan_reconnect, names.is_candidate
 and the argument forms of `kvmhooks nic-event` that are refused before any host work."""
 
 from __future__ import annotations
@@ -15,18 +15,12 @@ from kvmhooks.actions import (
     DeleteLink,
     SetMaster,
     SetUp,
-    WriteSource,
 )
 from kvmhooks.errors import NotAllowed
-from kvmhooks.names import bridge_mark, guest_mark, shim_mark
-from kvmhooks.nic import is_candidate
-from kvmhooks.planner import (
-    Replug,
-    Resolution,
-    plan_reconnect,
-    plan_uplinks,
-    resolve_affected,
-)
+from kvmhooks.names import bridge_mark, guest_mark, is_candidate, shim_mark
+from kvmhooks.planner import Replug, plan_reconnect, plan_uplinks
+from kvmhooks.resolve import Resolution, resolve_affected
+from kvmhooks.sources import DirectSource
 
 from .builders import (
     LAN,
@@ -187,7 +181,7 @@ def test_native_macvtap_that_died_is_replugged_on_the_new_lower(mode):
     plan, replugs = reconnect(LAN_BY_MAC, Host().nic("ens5"),
                               meta(MAC1, "direct", uplink="lan", mode=mode), live, nic="ens5")
     assert plan.actions == ()
-    assert replugs == (Replug(MAC1, WriteSource(MAC1, "direct", dev="ens5", mode=mode), True),)
+    assert replugs == (Replug(MAC1, DirectSource("ens5", mode), True),)
 
 
 def test_native_macvtap_on_a_bridged_uplink_is_replugged_on_the_bridge():
@@ -196,7 +190,7 @@ def test_native_macvtap_on_a_bridged_uplink_is_replugged_on_the_bridge():
                               meta(MAC1, "direct", uplink="lan"), live)
     assert plan.actions == ()
     assert replugs == (
-        Replug(MAC1, WriteSource(MAC1, "direct", dev="br-lan", mode="bridge"), True),)
+        Replug(MAC1, DirectSource("br-lan", "bridge"), True),)
 
 
 def test_healthy_macvtaps_need_nothing():
@@ -259,7 +253,7 @@ def test_unplugged_native_interface_is_attached_only():
                               unplugged=frozenset({MAC1}))
     assert plan.actions == ()
     assert replugs == (
-        Replug(MAC1, WriteSource(MAC1, "direct", dev="eth1", mode="vepa"), False),)
+        Replug(MAC1, DirectSource("eth1", "vepa"), False),)
 
 
 @pytest.mark.parametrize("parts", [
@@ -285,7 +279,7 @@ def test_allowlist_does_not_hold_for_other_uplinks():
     assert replugs == (Replug(MAC1, None, True),)
 
 
-# --- nic.is_candidate -------------------------------------------------------------------
+# --- names.is_candidate -------------------------------------------------------------------
 
 @pytest.mark.parametrize("ifname", [
     "kh5254006b3c01", "kh-lan", "vnet0", "vnet12", "macvtap0", "macvtap3", "virbr0",
@@ -314,7 +308,7 @@ def cli_guard(monkeypatch, tmp_path):
     its log handlers from outliving the test's captured stderr."""
     def must_not_run(*args, **kwargs):
         raise AssertionError("nic-event reached the handler")
-    monkeypatch.setattr("kvmhooks.nic.handle", must_not_run)
+    monkeypatch.setattr("kvmhooks.engine.nic.handle", must_not_run)
     monkeypatch.setenv("KVMHOOKS_CONFIG", str(tmp_path / "absent.toml"))
     monkeypatch.setattr("kvmhooks.logsetup.SYSLOG_SOCKET", "/nonexistent/log")
     logger = logging.getLogger("kvmhooks")

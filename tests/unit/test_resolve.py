@@ -1,4 +1,4 @@
-"""planner.resolve: which link of this host an uplink's nic, mac or path names."""
+"""resolve.resolve: which link of this host an uplink's nic, mac or path names."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 
 from kvmhooks.errors import HostError, NicAbsent
 from kvmhooks.names import bridge_mark
-from kvmhooks.planner import Resolution, resolve
+from kvmhooks.resolve import Resolution, resolve
 
 from .builders import NIC_MAC, Host, make_config
 

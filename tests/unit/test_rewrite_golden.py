@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from kvmhooks.actions import WriteSource
 from kvmhooks.domain import Attachment, domain_from_tree
 from kvmhooks.planner import plan_sources
 from kvmhooks.rewrite import set_attachment, set_hook_owned, set_native, write_sources
+from kvmhooks.sources import BridgeSource, DirectSource
 from kvmhooks.xmlsafe import parse, serialize
 
 from .builders import LAN, LAN_BRIDGE, MAC1, Host, make_config
@@ -69,9 +69,9 @@ ATTACH_CASES = {
     "hook-owned-existing": (Attachment(MAC1, "direct", uplink="lan", mode="private"), None),
     "hook-owned-new": (Attachment(MAC1, "bridge", uplink="lan"), None),
     "native-existing": (Attachment(MAC1, "direct", uplink="lan", mode="private"),
-                        WriteSource(MAC1, "direct", dev="eth1", mode="private")),
+                        DirectSource("eth1", "private")),
     "native-new": (Attachment(MAC1, "bridge", uplink="lan"),
-                   WriteSource(MAC1, "bridge", bridge="br-lan")),
+                   BridgeSource("br-lan")),
 }
 
 
@@ -83,7 +83,7 @@ def test_attach(case):
     if native is None:
         set_hook_owned(root, attachment.mac)
     else:
-        set_native(root, native)
+        set_native(root, attachment.mac, native)
     compare("attach", case, serialize(root))
     tagged = {t.mac: t for t in domain_from_tree(parse(serialize(root))).tagged}
     assert tagged[MAC1].attachment == attachment

@@ -1,0 +1,233 @@
+"""The device diff (pure): which links an uplink and a guest need, compared with the links
+a snapshot has, as steps. planner.py asks it for each plan.
+
+Kernel facts behind it:
+- a NIC that is a bridge port cannot carry macvtap or macvlan devices (EBUSY), and a
+  NIC that carries them cannot be enslaved; so on an uplink with a bridge, every macvtap
+  and the shim hang off the bridge, and on one without, off the NIC;
+- a macvtap dies with its lower device; a tap on a bridge survives its NIC leaving.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from dataclasses import dataclass
+
+from .actions import (
+    Action,
+    AddAddress,
+    CreateBridge,
+    CreateMacvtap,
+    CreateShim,
+    CreateTap,
+    DelAddress,
+    DeleteLink,
+    MoveRoute,
+    SetMaster,
+    SetRouteMetric,
+    SetUp,
+)
+from .config import Uplink
+from .domain import Domain, TaggedInterface
+from .errors import ForeignDevice, HostError, MetadataError, NicAbsent
+from .inventory import Inventory, Link, Route
+from .names import bridge_mark, guest_mark, shim_mark
+from .resolve import Resolution
+
+# What a lower device's route for the shim's subnet is raised by, so the shim's wins.
+SHIM_PREFERENCE = 1024
+
+
+@dataclass(frozen=True)
+class WantedLink:
+    """A device as kvmhooks wants it: its kind ("tun", "macvtap" or "macvlan"), the device
+    it hangs on (a tap's bridge, a macvtap's or macvlan's lower device), and its MAC and
+    mode where they are kvmhooks' to say (None: whatever the device has)."""
+
+    kind: str
+    lower: str
+    mac: str | None = None
+    mode: str | None = None
+
+
+def link_problem(link: Link, wanted: WantedLink, inventory: Inventory) -> str | None:
+    """Why link is not the wanted device, as words that follow its name; None when it is.
+    The one "this link already matches" of kvmhooks: plans, re-plugs and status ask it."""
+    lower = inventory.by_name(wanted.lower)
+    if wanted.kind == "tun":
+        if link.kind != "tun" or lower is None or link.master != lower.index:
+            return f"is not a port of bridge {wanted.lower}"
+    elif link.kind != wanted.kind or lower is None or link.parent != lower.index:
+        return f"is not a {wanted.kind} on {wanted.lower}"
+    if wanted.mode is not None and link.mode != wanted.mode:
+        return f"is in mode {link.mode}, metadata says {wanted.mode}"
+    if wanted.mac is not None and link.mac != wanted.mac:
+        return f"has MAC {link.mac}"
+    return None
+
+
+def tap_mac(guest_mac: str) -> str:
+    """The host side of a tap carries the guest's MAC with first byte fe, as libvirt does:
+    a bridge takes its lowest port MAC as its own and would swallow frames for the guest."""
+    return "fe" + guest_mac[2:]
+
+
+def guest_link(tagged: TaggedInterface, resolution: Resolution) -> WantedLink:
+    """The host device a tagged bridge or direct interface needs. libvirt chooses the MAC
+    of its own taps (native type bridge); every other MAC is the metadata's."""
+    if tagged.attachment.kind == "bridge":
+        return WantedLink("tun", resolution.bridge,
+                          tap_mac(tagged.mac) if tagged.hook_owned else None)
+    return WantedLink("macvtap", resolution.lower, tagged.mac, tagged.attachment.mode)
+
+
+def _family(interface) -> int:
+    return socket.AF_INET6 if interface.version == 6 else socket.AF_INET
+
+
+class DevicePlanner:
+    """Accumulates steps; remembers what it already planned so nothing is doubled."""
+
+    def __init__(self, inventory: Inventory, bridge_mark: str | None = None):
+        self.inventory = inventory
+        self.bridge_mark = bridge_mark  # None: the uplink's own mark
+        self.actions: list[Action] = []
+        self.planned_links: set[str] = set()
+        self.deleted_links: set[str] = set()
+        self.planned_addresses: dict[str, list[str]] = {}
+
+    def uplink(self, uplink: Uplink, resolution: Resolution) -> None:
+        """The shared devices: bridge with the NIC enslaved, NIC up, shim."""
+        if resolution.nic is None:  # away for now: the bridge is all there is to keep
+            if uplink.host_address is not None:
+                self.shim(uplink, resolution.lower)
+            return
+        nic = self.inventory.by_name(resolution.nic)
+        if nic is None:  # resolved on an earlier snapshot, gone since
+            raise NicAbsent(uplink.name, uplink.selector())
+        if resolution.bridge:
+            self.bridge(uplink, resolution.bridge, nic)
+        elif nic.master is not None:
+            master = self.inventory.by_index(nic.master)
+            raise HostError(f"uplink '{uplink.name}': NIC {nic.name} is a port of "
+                            f"{master.name if master else nic.master}, and the kernel refuses "
+                            f"macvtap on a bridge port; set bridge = "
+                            f"\"{master.name if master else '...'}\" for this uplink")
+        if not nic.up:
+            self.actions.append(SetUp(nic.name))
+        if uplink.host_address is not None:
+            self.shim(uplink, resolution.lower)
+
+    def bridge(self, uplink: Uplink, name: str, nic: Link) -> None:
+        bridge = self.inventory.by_name(name)
+        if bridge is None:
+            mark = self.bridge_mark or bridge_mark(uplink.name)
+            self.actions.append(CreateBridge(name, nic.mac, mark))
+            self.planned_links.add(name)
+        elif bridge.kind != "bridge":
+            raise ForeignDevice(name, f"exists and is a {bridge.kind or 'plain'} device, "
+                                "not a bridge")
+        elif not bridge.up:
+            self.actions.append(SetUp(name))
+        if nic.master is None:
+            self.enslave(uplink, nic, name)
+        elif bridge is None or nic.master != bridge.index:
+            master = self.inventory.by_index(nic.master)
+            raise ForeignDevice(nic.name, f"is a port of {master.name if master else '?'}, "
+                                f"not of uplink '{uplink.name}' bridge {name}")
+
+    def enslave(self, uplink: Uplink, nic: Link, bridge: str) -> None:
+        """Enslave the NIC, moving its addresses and routes to the bridge first so the
+        host keeps its connectivity (what the nmcli bridge-slave dance does by hand)."""
+        children = self.inventory.children(nic)
+        own_shim = [c for c in children if c.alias == shim_mark(uplink.name)]
+        if own_shim:
+            # Left on the NIC from before the uplink had a bridge; the shim step below
+            # builds it again on the bridge.
+            self.actions.append(DeleteLink(own_shim[0].name, "shim moves to the bridge"))
+            self.deleted_links.add(own_shim[0].name)
+            children = tuple(c for c in children if c not in own_shim)
+        if children:
+            raise HostError(f"uplink '{uplink.name}': NIC {nic.name} carries "
+                            f"{', '.join(c.name for c in children)}; the kernel refuses to "
+                            "enslave a NIC with macvtap or macvlan devices")
+        self.actions.extend(AddAddress(bridge, address) for address in nic.addresses)
+        self.planned_addresses.setdefault(bridge, []).extend(nic.addresses)
+        self.actions.extend(MoveRoute(route, nic.name, bridge) for route in nic.routes)
+        self.actions.append(SetMaster(nic.name, bridge, None))
+        self.actions.extend(DelAddress(nic.name, address) for address in nic.addresses)
+
+    def shim(self, uplink: Uplink, lower: str) -> None:
+        address = str(uplink.host_address)
+        shim = None if uplink.shim in self.deleted_links else self.inventory.by_name(uplink.shim)
+        if shim is not None and shim.alias != shim_mark(uplink.name):
+            raise ForeignDevice(uplink.shim, "exists without kvmhooks' shim mark")
+        in_place = shim is not None and link_problem(
+            shim, WantedLink("macvlan", lower, mode="bridge"), self.inventory) is None
+        if shim is not None and not in_place:
+            self.actions.append(DeleteLink(shim.name, f"shim of uplink '{uplink.name}' is "
+                                           f"not a bridge-mode macvlan on {lower}"))
+        if not in_place:
+            self.actions.append(CreateShim(uplink.shim, lower, address,
+                                           shim_mark(uplink.name)))
+        else:
+            if address not in shim.addresses:
+                self.actions.append(AddAddress(shim.name, address))
+            if not shim.up:
+                self.actions.append(SetUp(shim.name))
+        self.prefer_shim(uplink, lower, self.inventory.by_name(lower))
+
+    def prefer_shim(self, uplink: Uplink, lower: str, lower_link: Link | None) -> None:
+        """The host reaches the shim's subnet through the shim: a macvtap never hears
+        what its lower device sends, so the lower's own route for that subnet (there when
+        the NIC or bridge has an address in it) gets a higher metric and stays as the
+        fallback."""
+        network = uplink.host_address.network
+        competing = {route.dst: route for route in (lower_link.prefix_routes if lower_link
+                                                     else ())
+                     if route.dst == str(network) and (route.priority or 0) < SHIM_PREFERENCE}
+        for address in self.planned_addresses.get(lower, ()):
+            interface = ipaddress.ip_interface(address)
+            if interface.network == network:
+                competing.setdefault(str(network), Route(
+                    str(network), _family(interface), source=str(interface.ip)))
+        self.actions.extend(SetRouteMetric(route, lower, SHIM_PREFERENCE + (route.priority or 0))
+                            for route in competing.values())
+
+    def guest_device(self, domain: Domain, tagged: TaggedInterface,
+                     resolution: Resolution) -> None:
+        """A hook-owned interface's device: kept when it matches (set up if down), else
+        built, replacing one of ours left from an earlier start."""
+        name, mark = tagged.device.target_dev, guest_mark(domain.uuid)
+        wanted = guest_link(tagged, resolution)
+        if name in self.planned_links:
+            raise MetadataError(domain.name, f"target dev '{name}' is already used by "
+                                "another device of this plan", tagged.mac)
+        self.planned_links.add(name)
+        existing = self.inventory.by_name(name)
+        if existing is not None:
+            if existing.alias != mark:
+                owner = f"carries mark '{existing.alias}'" if existing.marked else \
+                    "exists without kvmhooks' mark"
+                raise ForeignDevice(name, f"{owner}, so domain {domain.name} cannot use it")
+            if link_problem(existing, wanted, self.inventory) is None:
+                if not existing.up:
+                    self.actions.append(SetUp(name))
+                return
+            self.actions.append(DeleteLink(name, "left from an earlier start, rebuilt"))
+        if wanted.kind == "tun":
+            self.actions.append(CreateTap(name, wanted.mac, wanted.lower, mark))
+        else:
+            self.actions.append(CreateMacvtap(name, wanted.mac, wanted.lower, wanted.mode,
+                                              mark))
+
+    def reenslave_tap(self, name: str | None, bridge: str, hook_owned_only: bool = True):
+        """Put a guest's tap back on its bridge; libvirt's own taps of tagged guests too
+        when asked (after a NIC event, the bridge itself may have been rebuilt)."""
+        tap = self.inventory.by_name(name) if name else None
+        if tap is None or tap.kind != "tun" or (hook_owned_only and not tap.marked):
+            return
+        if link_problem(tap, WantedLink("tun", bridge), self.inventory) is not None:
+            previous = self.inventory.by_index(tap.master)
+            self.actions.append(SetMaster(name, bridge, previous.name if previous else None))
