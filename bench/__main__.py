@@ -7,9 +7,10 @@
   d  40 tagged domains started 8 at a time, against the same without kvmhooks
   e  a NIC flap with 20 running macvtap guests: time until every guest has its NIC back
 
-Run as root on the lab machine after `make setup` (`make bench` does both). It restarts
-libvirtd to take the hooks out and put them back for c and d, and boots 20 tiny TCG guests
-for e. Everything it makes is removed at the end, also on failure.
+Run as root on the lab machine after `make setup`, from the repository root as
+`python -m bench` (`make bench` does both). It restarts libvirtd to take the hooks out and
+put them back for c and d, and boots 20 tiny TCG guests for e. Everything it makes is
+removed at the end, also on failure.
 """
 
 from __future__ import annotations
@@ -240,7 +241,7 @@ def figure_e(cleanup, kh_config, guests: int, show_log: bool) -> bool:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--cycles", type=int, default=20)
