@@ -14,7 +14,7 @@ demo: setup
 	$(VENV_PY) -m demo
 
 bench: setup
-	$(VENV_PY) bench/run.py
+	$(VENV_PY) -m bench
 
 lint:
 	.venv/bin/ruff check .

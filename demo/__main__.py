@@ -12,27 +12,29 @@ does both.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
 import re
-import secrets
 import signal
 import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 from pyroute2 import IPRoute, netns
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-import guest  # noqa: E402
-import lab  # noqa: E402
-import tagged  # noqa: E402
+from tests.lab import guest
+from tests.lab.cleanup import Cleanup
+from tests.lab.commands import QEMU_HOOK, kvmhooks
+from tests.lab.config import CONFIG_PATH, ConfigFile
+from tests.lab.daemons import daemon_started_after
+from tests.lab.domains import Iface
+from tests.lab.links import delete_link_later, link_exists, link_info, ping
+from tests.lab.lock import take_lab_lock
+from tests.lab.names import guest_mac, pick_subnet, unique_name
+from tests.lab.nic import StandInNic
+from tests.lab.virt import LIBVIRT_URI, connect
 
-HOOK = Path("/etc/libvirt/hooks/qemu.d/kvmhooks")
-LAB_LOCK = Path("/run/lock/kvmhooks-system-tests.lock")  # shared with the system tests
 UPLINK, SHIM = "lan", "kh-lan"
 SETUP = "; run `make setup` (as root)"
 BOOT_TIMEOUT, PING_TIMEOUT = 90, 30  # seconds; TCG on a busy lab machine can be slow
@@ -60,11 +62,10 @@ def one_line(text: object, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def kvmhooks(number: int, *args: str) -> None:
+def show_kvmhooks(number: int, *args: str) -> None:
     """Run the kvmhooks command line and show what it prints."""
     say(number, "$ kvmhooks " + " ".join(args))
-    run = subprocess.run([sys.executable, "-m", "kvmhooks", *args], capture_output=True,
-                         text=True, check=False)
+    run = kvmhooks(*args)
     for line in run.stdout.splitlines():
         say(number, "  " + line)
     expect(run.returncode == 0, f"kvmhooks {args[0]} exited {run.returncode}: "
@@ -84,8 +85,8 @@ def route_dev(address: str) -> str:
 
 
 def show_link(number: int, name: str) -> dict:
-    """Two lines about a host link, read with pyroute2; returns lab.link_info's dict."""
-    info = lab.link_info(name)
+    """Two lines about a host link, read with pyroute2; returns links.link_info's dict."""
+    info = link_info(name)
     expect(info, f"{name} does not exist")
     info["addresses"] = [a for a in info["addresses"] if not a.startswith("fe80:")]
     text = f"  {name:<15} {'tap' if info['kind'] == 'tun' else info['kind'] or 'veth':<8} "
@@ -107,19 +108,19 @@ def check_host():
     except ImportError:
         raise Failed("libvirt-python is not importable" + SETUP) from None
     try:
-        conn = lab.connect()
+        conn = connect()
     except libvirt.libvirtError as error:
-        raise Failed(f"libvirtd does not answer on {lab.LIBVIRT_URI} "
+        raise Failed(f"libvirtd does not answer on {LIBVIRT_URI} "
                      f"({error.get_error_message() or error})" + SETUP) from None
-    expect(HOOK.is_file(), f"the hook {HOOK} is missing" + SETUP)
-    expect(lab.daemon_started_after(HOOK) is not False,
-           f"libvirtd started before {HOOK} was written, so it ignores it" + SETUP)
-    expect(not lab.link_exists(SHIM), f"{SHIM} exists: this host has an uplink "
+    expect(QEMU_HOOK.is_file(), f"the hook {QEMU_HOOK} is missing" + SETUP)
+    expect(daemon_started_after(QEMU_HOOK) is not False,
+           f"libvirtd started before {QEMU_HOOK} was written, so it ignores it" + SETUP)
+    expect(not link_exists(SHIM), f"{SHIM} exists: this host has an uplink "
            f"'{UPLINK}' of its own, which the demo would take over")
     version = conn.getLibVersion()
     say(1, f"root; libvirtd {version // 1000000}.{version // 1000 % 1000}.{version % 1000} "
-           f"answers on {lab.LIBVIRT_URI}")
-    say(1, f"hook {HOOK} present, and libvirtd started after it")
+           f"answers on {LIBVIRT_URI}")
+    say(1, f"hook {QEMU_HOOK} present, and libvirtd started after it")
     target = guest.CACHE_DIR / f"guest-{guest.image_key()}"
     built = "" if (target / "initrd.gz").is_file() else "built now, "
     if built:
@@ -135,22 +136,6 @@ def check_host():
     return conn
 
 
-def take_lab_lock(cleanup: lab.Cleanup) -> None:
-    """The system tests replace the same config: one of us at a time."""
-    LAB_LOCK.parent.mkdir(parents=True, exist_ok=True)
-    lock = os.open(LAB_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    cleanup.add(os.close, lock, _what="release the lab lock")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        say(1, f"waiting for a system test run to finish ({LAB_LOCK})")
-        fcntl.flock(lock, fcntl.LOCK_EX)
-
-
-def guest_mac() -> str:
-    return "52:54:00:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3))
-
-
 def wait_serial(serial: guest.SerialLog, regex: str, timeout: float, what: str):
     try:
         return serial.wait_for_line(regex, timeout)
@@ -164,52 +149,52 @@ def ping_until(address: str, ns: str | None = None, seconds: float = 10) -> floa
     """Seconds until ``address`` first answered (from the host or ``ns``); None if never."""
     started = time.monotonic()
     while time.monotonic() - started < seconds:
-        if lab.ping(address, ns=ns, timeout=1):
+        if ping(address, ns=ns, timeout=1):
             return time.monotonic() - started
     return None
 
 
-def demo(cleanup: lab.Cleanup, made: list[str]) -> None:
+def demo(cleanup: Cleanup, made: list[str]) -> None:
     conn = check_host()
     cleanup.add(conn.close, _what="close libvirt connection")
-    take_lab_lock(cleanup)
+    # The system tests replace the same config: one of us at a time.
+    take_lab_lock(cleanup, on_wait=lambda path: say(
+        1, f"waiting for a system test run to finish ({path})"))
 
-    subnet = lab.pick_subnet()
+    subnet = pick_subnet()
     lan_host, guest_ip = subnet.ip(2), subnet.ip(11)
-    nic = lab.StandInNic(cleanup, lab.unique_name("ktnic"), subnet.addr(1), subnet.addr(2))
+    nic = StandInNic(cleanup, unique_name("ktnic"), subnet.addr(1), subnet.addr(2))
     made += [f"link {nic.name}", f"netns {nic.ns}"]
     say(2, f"stand-in NIC {nic.name} (veth, MAC {nic.mac}), host address {subnet.addr(1)}")
     say(2, f"its LAN: netns {nic.ns}, LAN host {subnet.addr(2)} on {nic.PEER}")
-    expect(lab.ping(lan_host), f"the host cannot ping the LAN host {lan_host}")
+    expect(ping(lan_host), f"the host cannot ping the LAN host {lan_host}")
     say(2, f"host -> LAN host {lan_host}: ok")
 
-    bridge = lab.unique_name("ktbr-demo", 4)
-    lab.delete_link_later(cleanup, bridge)  # shared devices outlive guests: the demo
-    lab.delete_link_later(cleanup, SHIM)  # removes them after its domain
-    made += [f"link {bridge}", f"link {SHIM}", f"config {lab.CONFIG_PATH} "
-             + ("restored" if lab.CONFIG_PATH.exists() else "removed")]
+    bridge = unique_name("ktbr-demo", 4)
+    # shared devices outlive guests: the demo removes them after its domain
+    delete_link_later(cleanup, bridge, SHIM)
+    made += [f"link {bridge}", f"link {SHIM}", f"config {CONFIG_PATH} "
+             + ("restored" if CONFIG_PATH.exists() else "removed")]
     text = (f'[uplink.{UPLINK}]\nnic = "{nic.name}"\nbridge = "{bridge}"\n'
             f'host_address = "{subnet.addr(5)}"\n')
-    lab.ConfigFile(cleanup).write(text)
-    say(3, f"wrote {lab.CONFIG_PATH}:")
+    ConfigFile(cleanup).write(text)
+    say(3, f"wrote {CONFIG_PATH}:")
     for line in text.splitlines():
         say(3, "  " + line)
-    kvmhooks(3, "check-config")
+    show_kvmhooks(3, "check-config")
 
-    name = lab.unique_name("kt-demo-", 4)
-    iface = tagged.Iface(guest_mac(), "direct", UPLINK, "bridge")
-    xml = guest.guest_domain_xml(name, iface.device(), {iface.mac: subnet.addr(11)},
-                                 [lan_host], tagged.metadata_xml([iface]))
-    dom = lab.define(conn, xml, cleanup)
+    name = unique_name("kt-demo-", 4)
+    iface = Iface(guest_mac(), "direct", UPLINK, "bridge")
+    dom, serial = guest.define_guest(conn, cleanup, [iface], {iface.mac: subnet.addr(11)},
+                                     [lan_host], name=name)
     made.insert(0, f"domain {name}")
     macvtap, uuid = iface.hook_owned_dev, dom.UUIDString()
-    serial = guest.SerialLog(lab.serial_log_path(name))
     say(4, f"defined {name}: TCG, 128 MiB, guest address {subnet.addr(11)}, pings "
            f"{lan_host}; tagged:")
     say(4, f"  {iface.metadata()}")
     say(4, f"  <interface type='ethernet'> <mac address='{iface.mac}'/> "
            f"<target dev='{macvtap}' managed='no'/>")
-    kvmhooks(4, "explain", name)
+    show_kvmhooks(4, "explain", name)
 
     started = time.monotonic()
     dom.create()
@@ -249,15 +234,15 @@ def demo(cleanup: lab.Cleanup, made: list[str]) -> None:
            f"a macvtap never hears what its lower device {bridge} sends)")
     expect(via == SHIM, f"the host reaches the guest {guest_ip} via {via}, not via {SHIM}")
     say(6, f"host -> guest through the shim {via}: ok   (ping {guest_ip}, {took * 1000:.0f} ms)")
-    expect(lab.ping(lan_host), f"the host lost its LAN host {lan_host}")
+    expect(ping(lan_host), f"the host lost its LAN host {lan_host}")
     say(6, f"host -> LAN host {lan_host} still ok, via {route_dev(lan_host)}")
-    kvmhooks(6, "status")
+    show_kvmhooks(6, "status")
 
     dom.destroy()
     say(7, f"stopped {name}; its release hook removed the per-guest device:")
-    expect(not lab.link_exists(macvtap), f"{macvtap} outlived the guest")
+    expect(not link_exists(macvtap), f"{macvtap} outlived the guest")
     say(7, f"  {macvtap}: gone")
-    expect(lab.link_exists(SHIM) and lab.link_info(nic.name)["master"] == bridge,
+    expect(link_exists(SHIM) and link_info(nic.name)["master"] == bridge,
            f"the shared {bridge} or {SHIM} went away with the guest")
     say(7, f"  shared devices stay: {bridge} (with {nic.name} enslaved), {SHIM}")
 
@@ -265,13 +250,13 @@ def demo(cleanup: lab.Cleanup, made: list[str]) -> None:
 def still_there(thing: str) -> bool:
     kind, name = thing.split()[:2]
     if kind == "link":
-        return lab.link_exists(name)
+        return link_exists(name)
     if kind == "netns":
         return name in netns.listnetns()
     if kind == "domain":
-        return subprocess.run(["virsh", "-c", lab.LIBVIRT_URI, "domstate", name],
+        return subprocess.run(["virsh", "-c", LIBVIRT_URI, "domstate", name],
                               capture_output=True, check=False).returncode == 0
-    return False  # the config: lab.ConfigFile put it back
+    return False  # the config: ConfigFile put it back
 
 
 def interrupted(signum: int, _frame) -> None:
@@ -285,7 +270,7 @@ def main() -> int:
                             formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     signal.signal(signal.SIGINT, interrupted)
     signal.signal(signal.SIGTERM, interrupted)
-    cleanup, made, status = lab.Cleanup(), [], 0
+    cleanup, made, status = Cleanup(), [], 0
     try:
         demo(cleanup, made)
     except KeyboardInterrupt:

@@ -7,11 +7,13 @@ from __future__ import annotations
 import os
 import time
 
-import guest
-import lab
 import pytest
-from helpers import guest_mac, uplink_name
-from tagged import Iface, metadata_xml
+
+from tests.lab import guest
+from tests.lab.domains import Iface
+from tests.lab.links import delete_link_later, ping
+from tests.lab.names import guest_mac, unique_name, uplink_name
+from tests.lab.nic import StandInNic
 
 pytestmark = [pytest.mark.system, pytest.mark.e2e]
 
@@ -25,17 +27,17 @@ class Uplink:
     def __init__(self, cleanup, kh_config, subnet, bridge: bool, shim: bool,
                  nic_address: bool = True):
         self.subnet = subnet
-        self.nic = lab.StandInNic(cleanup, None, subnet.addr(1) if nic_address else None,
-                                  subnet.addr(LAN_HOST))
+        self.nic = StandInNic(cleanup, None, subnet.addr(1) if nic_address else None,
+                              subnet.addr(LAN_HOST))
         self.name = uplink_name()
-        self.bridge = lab.unique_name("ktbr") if bridge else None
+        self.bridge = unique_name("ktbr") if bridge else None
         text = f'[uplink.{self.name}]\nnic = "{self.nic.name}"\n'
         if self.bridge:
             text += f'bridge = "{self.bridge}"\n'
-            lab.delete_link_later(cleanup, self.bridge)
+            delete_link_later(cleanup, self.bridge)
         if shim:
             text += f'host_address = "{subnet.addr(SHIM)}"\n'
-            lab.delete_link_later(cleanup, f"kh-{self.name}")
+            delete_link_later(cleanup, f"kh-{self.name}")
         kh_config(text)
         self.lan = subnet.ip(LAN_HOST)
 
@@ -53,13 +55,11 @@ def boot(conn, cleanup, ifaces_and_addresses: list[tuple[Iface, str]],
     """Define and start one guest per interface, all at once, then wait until each is up."""
     started = []
     for iface, address in ifaces_and_addresses:
-        name = lab.unique_name("kt-e2e-")
-        xml = guest.guest_domain_xml(name, iface.device(), {iface.mac: address},
-                                     [p for p in pings if p != address.split("/")[0]],
-                                     metadata_xml([iface]))
-        dom = lab.define_and_start(conn, xml, cleanup)
-        started.append(Guest(dom, guest.SerialLog(lab.serial_log_path(name)), iface,
-                             address.split("/")[0]))
+        dom, serial = guest.define_guest(conn, cleanup, [iface], {iface.mac: address},
+                                         [p for p in pings if p != address.split("/")[0]],
+                                         name=unique_name("kt-e2e-"))
+        dom.create()
+        started.append(Guest(dom, serial, iface, address.split("/")[0]))
     for each in started:
         guest.wait_ready(each.serial, timeout=120)
     return started
@@ -103,8 +103,8 @@ def test_host_reaches_macvtap_guest_only_through_the_shim(bridged, shim, libvirt
     (one,) = boot(libvirt_conn, cleanup, [(uplink.iface("direct", "bridge"),
                                            subnet.addr(11))], [uplink.lan])
     assert reaches(one, uplink.lan)
-    assert lab.ping(uplink.lan), "the host still reaches its LAN"
-    assert lab.ping(one.address, count=3, timeout=2) == shim
+    assert ping(uplink.lan), "the host still reaches its LAN"
+    assert ping(one.address, count=3, timeout=2) == shim
 
 
 HOST_TO_OTHER_GUESTS = [
@@ -123,7 +123,7 @@ def test_host_to_other_guests(bridged, shim, attachment, reach, libvirt_conn, cl
     (one,) = boot(libvirt_conn, cleanup, [(uplink.iface(*attachment), subnet.addr(11))],
                   [uplink.lan])
     assert reaches(one, uplink.lan)
-    assert lab.ping(one.address, count=3, timeout=2) == reach
+    assert ping(one.address, count=3, timeout=2) == reach
 
 
 GUEST_PAIRS = [
@@ -175,7 +175,7 @@ def test_restored_guest_reaches_the_lan_of_another_nic(libvirt_conn, cleanup, kh
                                                        subnet, tmp_path):
     first = Uplink(cleanup, kh_config, subnet, bridge=False, shim=False, nic_address=False)
     # The second NIC's LAN is the same subnet in another namespace, its host at .3.
-    second = lab.StandInNic(cleanup, None, None, subnet.addr(3))
+    second = StandInNic(cleanup, None, None, subnet.addr(3))
     native = Iface(guest_mac(), "direct", first.name, "bridge", native=True,
                    source=first.nic.name)
     (one,) = boot(libvirt_conn, cleanup, [(native, subnet.addr(11))],

@@ -6,10 +6,13 @@ from __future__ import annotations
 import os
 import socket
 
-import lab
 import pytest
-from helpers import guest_mac, uplink_name
-from tagged import Iface, domain_xml
+
+from tests.lab.daemons import AGENT_SOCKET, agent_pid
+from tests.lab.domains import Iface, domain_xml
+from tests.lab.links import link_exists, link_info
+from tests.lab.names import guest_mac, unique_name, uplink_name
+from tests.lab.virt import define_and_start
 
 pytestmark = pytest.mark.system
 
@@ -18,8 +21,8 @@ def start_tagged_guest(libvirt_conn, cleanup, kh_config, nic):
     uplink = uplink_name()
     kh_config(f'[uplink.{uplink}]\nnic = "{nic.name}"\n')
     iface = Iface(guest_mac(), "direct", uplink, "private")
-    dom = lab.define_and_start(libvirt_conn, domain_xml(lab.unique_name("kt-dom-"), [iface]),
-                               cleanup)
+    dom = define_and_start(libvirt_conn, domain_xml(unique_name("kt-dom-"), [iface]),
+                           cleanup)
     return dom, iface
 
 
@@ -31,26 +34,26 @@ def prepare_records(syslog, mark: int, dom) -> list[str]:
 def test_hooks_go_through_the_agent(libvirt_conn, cleanup, kh_config, stand_in_nic, syslog):
     mark = len(syslog.records)
     dom, iface = start_tagged_guest(libvirt_conn, cleanup, kh_config, stand_in_nic)
-    assert lab.link_info(iface.hook_owned_dev)["mode"] == "private"
+    assert link_info(iface.hook_owned_dev)["mode"] == "private"
     records = prepare_records(syslog, mark, dom)
-    assert records and records[0].startswith(f"kvmhooks[{lab.agent_pid()}]:"), records
+    assert records and records[0].startswith(f"kvmhooks[{agent_pid()}]:"), records
     dom.destroy()
-    assert not lab.link_exists(iface.hook_owned_dev)
+    assert not link_exists(iface.hook_owned_dev)
 
 
 def test_hooks_work_in_process_without_the_agent(libvirt_conn, cleanup, kh_config,
                                                  stand_in_nic, syslog, no_agent):
     mark = len(syslog.records)
     dom, iface = start_tagged_guest(libvirt_conn, cleanup, kh_config, stand_in_nic)
-    assert lab.link_info(iface.hook_owned_dev)["mode"] == "private"
+    assert link_info(iface.hook_owned_dev)["mode"] == "private"
     records = prepare_records(syslog, mark, dom)
     assert len(records) == 1, records
     dom.destroy()
-    assert not lab.link_exists(iface.hook_owned_dev)
+    assert not link_exists(iface.hook_owned_dev)
 
 
 def test_the_agent_socket_is_root_only():
-    assert oct(os.stat(lab.AGENT_SOCKET).st_mode & 0o777) == "0o600"
+    assert oct(os.stat(AGENT_SOCKET).st_mode & 0o777) == "0o600"
     child = os.fork()
     if child == 0:  # as nobody: the connection is refused
         status = 1
@@ -58,7 +61,7 @@ def test_the_agent_socket_is_root_only():
             os.setgid(65534)
             os.setuid(65534)
             with socket.socket(socket.AF_UNIX) as probe:
-                probe.connect(str(lab.AGENT_SOCKET))
+                probe.connect(str(AGENT_SOCKET))
         except PermissionError:
             status = 3
         finally:

@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import os
 
-import lab
 import pytest
-from helpers import all_links, guest_mac, run_hook, uplink_name
-from tagged import Iface, domain_xml, metadata_xml
+
+from tests.lab.commands import run_hook
+from tests.lab.config import ConfigFile
+from tests.lab.domains import Iface, domain_xml, metadata_xml
+from tests.lab.links import all_links, link_info
+from tests.lab.names import guest_mac, unique_name, uplink_name
+from tests.lab.nic import StandInNic
+from tests.lab.virt import define
 
 pytestmark = pytest.mark.system
 
@@ -34,7 +39,7 @@ def bad_cases(nic: str, uplink: str, bridge: str, name: str):
              'type="direct"', 'type="direct" colour="red"')),
          2, [f"domain {name}", MAC, "unknown attribute 'colour'"]),
         ("unknown-element", good,
-         domain_xml(name, [iface], metadata_xml([iface], extra='<kh:bridge name="x"/>')),
+         domain_xml(name, [iface], metadata_xml([iface, '<kh:bridge name="x"/>'])),
          2, [f"domain {name}", "unknown element <bridge>"]),
         ("unknown-uplink", good, domain_xml(name, [Iface(MAC, "direct", "nosuch", "bridge")]),
          2, [f"domain {name}", MAC, "unknown uplink 'nosuch'", CONFIG]),
@@ -60,13 +65,13 @@ CASE_IDS = [case[0] for case in bad_cases("n", "u", "b", "d")]
 
 @pytest.fixture
 def config_file(cleanup):
-    return lab.ConfigFile(cleanup)
+    return ConfigFile(cleanup)
 
 
 @pytest.mark.parametrize("case_id", CASE_IDS)
 def test_bad_input_gets_one_line_and_builds_nothing(case_id, libvirt_conn, cleanup,
                                                    config_file, stand_in_nic):
-    uplink, bridge, name = uplink_name(), lab.unique_name("ktbr"), lab.unique_name("kt-dom-")
+    uplink, bridge, name = uplink_name(), unique_name("ktbr"), unique_name("kt-dom-")
     _, config, xml, status, words = next(
         case for case in bad_cases(stand_in_nic.name, uplink, bridge, name)
         if case[0] == case_id)
@@ -83,16 +88,16 @@ def test_bad_input_gets_one_line_and_builds_nothing(case_id, libvirt_conn, clean
         assert word in lines[0]
     assert "Traceback" not in lines[0]
     assert all_links() == before
-    assert lab.link_info(stand_in_nic.name)["master"] is None
+    assert link_info(stand_in_nic.name)["master"] is None
 
 
 def test_libvirt_refuses_the_start_with_the_line(libvirt_conn, cleanup, kh_config,
                                                  stand_in_nic):
     uplink = uplink_name()
-    kh_config(lab_config(stand_in_nic.name, uplink, lab.unique_name("ktbr"),
+    kh_config(lab_config(stand_in_nic.name, uplink, unique_name("ktbr"),
                          domains='["web-*"]'))
     before = all_links()
-    dom = lab.define(libvirt_conn, domain_xml(lab.unique_name("kt-dom-"), [
+    dom = define(libvirt_conn, domain_xml(unique_name("kt-dom-"), [
         Iface(guest_mac(), "bridge", uplink)]), cleanup)
     with pytest.raises(Exception) as refused:
         dom.create()
@@ -105,9 +110,9 @@ def test_native_source_that_disagrees_is_refused_with_apply_hint(libvirt_conn, c
                                                                  kh_config, stand_in_nic):
     uplink = uplink_name()
     kh_config(f'[uplink.{uplink}]\nnic = "{stand_in_nic.name}"\n')
-    other = lab.StandInNic(cleanup)
+    other = StandInNic(cleanup)
     iface = Iface(guest_mac(), "direct", uplink, "bridge", native=True, source=other.name)
-    dom = lab.define(libvirt_conn, domain_xml(lab.unique_name("kt-dom-"), [iface]), cleanup)
+    dom = define(libvirt_conn, domain_xml(unique_name("kt-dom-"), [iface]), cleanup)
     with pytest.raises(Exception) as refused:
         dom.create()
     message = str(refused.value)

@@ -4,34 +4,35 @@ from __future__ import annotations
 
 import json
 
-import lab
 import pytest
-from helpers import (
-    forget_bridge_later,
-    guest_mac,
-    kvmhooks,
-    live_interface,
-    live_target,
-    marked_links,
-    record,
-    tap_mac,
-    uplink_name,
-)
 from lxml import etree
-from tagged import Iface, domain_xml
+
+from tests.lab.commands import kvmhooks, record
+from tests.lab.domains import Iface, domain_xml
+from tests.lab.links import (
+    create_bridge,
+    delete_link,
+    delete_link_later,
+    link_exists,
+    link_index,
+    link_info,
+    marked_links,
+)
+from tests.lab.names import guest_mac, tap_mac, unique_name, uplink_name
+from tests.lab.virt import define, define_and_start, live_interface, live_target
 
 pytestmark = pytest.mark.system
 
 
 def test_explain_shows_exactly_what_prepare_does(libvirt_conn, cleanup, kh_config,
                                                  stand_in_nic, subnet):
-    uplink, bridge = uplink_name(), lab.unique_name("ktbr")
+    uplink, bridge = uplink_name(), unique_name("ktbr")
     kh_config(f'[uplink.{uplink}]\nnic = "{stand_in_nic.name}"\nbridge = "{bridge}"\n'
               f'host_address = "{subnet.addr(7)}"\n')
-    forget_bridge_later(cleanup, bridge, f"kh-{uplink}")
+    delete_link_later(cleanup, bridge, f"kh-{uplink}")
     ifaces = [Iface(guest_mac(), "bridge", uplink), Iface(guest_mac(), "direct", uplink, "vepa"),
               Iface(guest_mac(), "direct", uplink, "private", native=True, source=bridge)]
-    dom = lab.define(libvirt_conn, domain_xml(lab.unique_name("kt-dom-"), ifaces), cleanup)
+    dom = define(libvirt_conn, domain_xml(unique_name("kt-dom-"), ifaces), cleanup)
 
     explained = kvmhooks("explain", dom.name(), "--json")
     assert explained.returncode == 0, explained.stderr
@@ -45,18 +46,18 @@ def test_explain_shows_exactly_what_prepare_does(libvirt_conn, cleanup, kh_confi
     assert record(dom.UUIDString()) == plan
     for action in plan["actions"]:
         if action["action"].startswith("create_"):
-            assert lab.link_exists(action["name"]), action
+            assert link_exists(action["name"]), action
     text = kvmhooks("explain", dom.name())
     assert text.returncode == 0 and "nothing to create" in text.stdout
 
 
 def test_attach_writes_hook_owned_and_native_forms(libvirt_conn, cleanup, kh_config,
                                                    stand_in_nic):
-    uplink, bridge = uplink_name(), lab.unique_name("ktbr")
+    uplink, bridge = uplink_name(), unique_name("ktbr")
     kh_config(f'[uplink.{uplink}]\nnic = "{stand_in_nic.name}"\nbridge = "{bridge}"\n')
-    forget_bridge_later(cleanup, bridge)
-    dom = lab.define(libvirt_conn, domain_xml(lab.unique_name("kt-dom-"), [], metadata=""),
-                     cleanup)
+    delete_link_later(cleanup, bridge)
+    dom = define(libvirt_conn, domain_xml(unique_name("kt-dom-"), [], metadata=""),
+                 cleanup)
     tap, macvtap = guest_mac(), guest_mac()
     first = kvmhooks("attach", dom.name(), "--mac", tap.upper(), "--uplink", uplink,
                      "--type", "bridge")
@@ -66,11 +67,11 @@ def test_attach_writes_hook_owned_and_native_forms(libvirt_conn, cleanup, kh_con
     assert second.returncode == 0, second.stderr
 
     dom.create()
-    device = lab.link_info("kh" + tap.replace(":", ""))
+    device = link_info("kh" + tap.replace(":", ""))
     assert (device["kind"], device["master"], device["mac"]) == ("tun", bridge, tap_mac(tap))
     source = live_interface(dom, macvtap).find("source")
     assert (source.get("dev"), source.get("mode")) == (bridge, "private")
-    assert lab.link_info(live_target(dom, macvtap))["link"] == lab.link_index(bridge)
+    assert link_info(live_target(dom, macvtap))["link"] == link_index(bridge)
 
     refused = kvmhooks("attach", dom.name(), "--mac", guest_mac(), "--uplink", "nosuch",
                        "--type", "bridge")
@@ -84,7 +85,7 @@ def test_apply_rewrites_a_definition_for_this_host(libvirt_conn, cleanup, kh_con
     kh_config(f'[uplink.{uplink}]\nnic = "{stand_in_nic.name}"\n')
     iface = Iface(guest_mac(), "direct", uplink, "bridge", native=True, source="ktnic-elsewhere",
                   source_mode="vepa")
-    dom = lab.define(libvirt_conn, domain_xml(lab.unique_name("kt-dom-"), [iface]), cleanup)
+    dom = define(libvirt_conn, domain_xml(unique_name("kt-dom-"), [iface]), cleanup)
 
     status = json.loads(kvmhooks("status", "--json").stdout)
     row = next(r for r in status if r["domain"] == dom.name())
@@ -94,7 +95,7 @@ def test_apply_rewrites_a_definition_for_this_host(libvirt_conn, cleanup, kh_con
     assert applied.returncode == 0, applied.stderr
     assert f"dev='{stand_in_nic.name}' mode='bridge'" in applied.stdout
     dom.create()
-    assert lab.link_info(live_target(dom, iface.mac))["link"] == stand_in_nic.index
+    assert link_info(live_target(dom, iface.mac))["link"] == stand_in_nic.index
     row = next(r for r in json.loads(kvmhooks("status", "--json").stdout)
                if r["domain"] == dom.name())
     assert row["state"] == "ok" and row["device"] == live_target(dom, iface.mac)
@@ -105,15 +106,15 @@ def test_apply_rewrites_a_definition_for_this_host(libvirt_conn, cleanup, kh_con
 
 def test_apply_moves_a_running_guest_to_this_hosts_bridge(libvirt_conn, cleanup, kh_config,
                                                           stand_in_nic):
-    uplink, old, new = uplink_name(), lab.unique_name("ktbr"), lab.unique_name("ktbr")
-    lab.create_bridge(old, cleanup)
+    uplink, old, new = uplink_name(), unique_name("ktbr"), unique_name("ktbr")
+    create_bridge(old, cleanup)
     kh_config(f'[uplink.{uplink}]\nnic = "{stand_in_nic.name}"\nbridge = "{old}"\n')
-    forget_bridge_later(cleanup, new)
+    delete_link_later(cleanup, new)
     iface = Iface(guest_mac(), "bridge", uplink, native=True, source=old)
-    dom = lab.define_and_start(libvirt_conn, domain_xml(lab.unique_name("kt-dom-"), [iface]),
-                               cleanup)
+    dom = define_and_start(libvirt_conn, domain_xml(unique_name("kt-dom-"), [iface]),
+                           cleanup)
     # The host's uplink moves to another bridge: release the NIC from the old one.
-    lab.delete_link(old)
+    delete_link(old)
     kh_config(f'[uplink.{uplink}]\nnic = "{stand_in_nic.name}"\nbridge = "{new}"\n')
     row = next(r for r in json.loads(kvmhooks("status", "--json").stdout)
                if r["domain"] == dom.name())
@@ -121,8 +122,8 @@ def test_apply_moves_a_running_guest_to_this_hosts_bridge(libvirt_conn, cleanup,
 
     applied = kvmhooks("apply", dom.name())
     assert applied.returncode == 0, applied.stderr
-    assert lab.link_info(stand_in_nic.name)["master"] == new
-    assert lab.link_info(live_target(dom, iface.mac))["master"] == new
+    assert link_info(stand_in_nic.name)["master"] == new
+    assert link_info(live_target(dom, iface.mac))["master"] == new
     inactive = etree.fromstring(dom.XMLDesc(0x2).encode())
     assert inactive.find("devices/interface/source").get("bridge") == new
 
@@ -131,8 +132,8 @@ def test_status_reports_missing_devices(libvirt_conn, cleanup, kh_config, stand_
     uplink = uplink_name()
     kh_config(f'[uplink.{uplink}]\nnic = "{stand_in_nic.name}"\n')
     iface = Iface(guest_mac(), "direct", uplink, "bridge")
-    dom = lab.define_and_start(libvirt_conn, domain_xml(lab.unique_name("kt-dom-"), [iface]),
-                               cleanup)
+    dom = define_and_start(libvirt_conn, domain_xml(unique_name("kt-dom-"), [iface]),
+                           cleanup)
     row = next(r for r in json.loads(kvmhooks("status", "--json").stdout)
                if r["domain"] == dom.name())
     assert (row["state"], row["device"]) == ("ok", iface.hook_owned_dev)

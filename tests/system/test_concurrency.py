@@ -7,10 +7,13 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import lab
 import pytest
-from helpers import guest_mac, marked_links, uplink_name
-from tagged import Iface, domain_xml
+
+from tests.lab.domains import Iface, domain_xml
+from tests.lab.links import delete_link_later, link_index, link_info, marked_links
+from tests.lab.names import guest_mac, unique_name, uplink_name
+from tests.lab.virt import connect, define
+from tests.lab.wait import wait_for
 
 pytestmark = pytest.mark.system
 
@@ -19,17 +22,17 @@ DOMAINS, ROUNDS = 20, 10
 
 def test_concurrent_starts_and_stops_while_the_nic_flaps(libvirt_conn, cleanup, kh_config,
                                                         stand_in_nic, subnet, syslog):
-    uplink, bridge = uplink_name(), lab.unique_name("ktbr")
+    uplink, bridge = uplink_name(), unique_name("ktbr")
     kh_config(f'[uplink.{uplink}]\nnic = "{stand_in_nic.name}"\nbridge = "{bridge}"\n'
               f'host_address = "{subnet.addr(5)}"\n')
-    lab.delete_link_later(cleanup, bridge)
-    lab.delete_link_later(cleanup, f"kh-{uplink}")
+    delete_link_later(cleanup, bridge)
+    delete_link_later(cleanup, f"kh-{uplink}")
     guests = []
     for _ in range(DOMAINS):
         ifaces = [Iface(guest_mac(), "bridge", uplink),
                   Iface(guest_mac(), "direct", uplink, "bridge")]
-        guests.append((lab.define(libvirt_conn, domain_xml(lab.unique_name("kt-dom-"), ifaces),
-                                  cleanup), ifaces))
+        guests.append((define(libvirt_conn, domain_xml(unique_name("kt-dom-"), ifaces),
+                              cleanup), ifaces))
     log_mark = len(syslog.records)
     stop_flapping = threading.Event()
 
@@ -46,7 +49,7 @@ def test_concurrent_starts_and_stops_while_the_nic_flaps(libvirt_conn, cleanup, 
     def each(call):
         def run(guest):
             try:
-                call(lab.connect().lookupByName(guest[0].name()))
+                call(connect().lookupByName(guest[0].name()))
             except Exception as error:  # noqa: BLE001 - collected, asserted below
                 failures.append(f"{guest[0].name()}: {error}")
         return run
@@ -56,10 +59,10 @@ def test_concurrent_starts_and_stops_while_the_nic_flaps(libvirt_conn, cleanup, 
             list(pool.map(each(lambda dom: dom.create()), guests))
             assert not failures, f"round {round_number}: {failures[:3]}"
             for _dom, ifaces in guests:
-                tap = lab.link_info(ifaces[0].hook_owned_dev)
-                macvtap = lab.link_info(ifaces[1].hook_owned_dev)
+                tap = link_info(ifaces[0].hook_owned_dev)
+                macvtap = link_info(ifaces[1].hook_owned_dev)
                 assert tap["master"] == bridge and tap["kind"] == "tun"
-                assert macvtap["link"] == lab.link_index(bridge) and macvtap["mac"] == \
+                assert macvtap["link"] == link_index(bridge) and macvtap["mac"] == \
                     ifaces[1].mac
             list(pool.map(each(lambda dom: dom.destroy()), guests))
             assert not failures, f"round {round_number}: {failures[:3]}"
@@ -68,8 +71,8 @@ def test_concurrent_starts_and_stops_while_the_nic_flaps(libvirt_conn, cleanup, 
     stop_flapping.set()
     flapper.join(30)
     # The last events' handlers run in the agent: wait for their result, not for them.
-    lab.wait_for(lambda: lab.link_info(stand_in_nic.name)["master"] == bridge, 30,
-                 what="the NIC on its bridge after the last flap")
+    wait_for(lambda: link_info(stand_in_nic.name)["master"] == bridge, 30,
+             what="the NIC on its bridge after the last flap")
     assert list(marked_links().values()).count(f"kvmhooks:bridge:{uplink}") == 1
     assert list(marked_links().values()).count(f"kvmhooks:shim:{uplink}") == 1
     assert [text for severity, text in syslog.since(log_mark) if severity == "error"] == []

@@ -9,10 +9,13 @@ import signal
 import subprocess
 import time
 
-import lab
 import pytest
-from helpers import HOOK, guest_mac, kvmhooks, marked_links, uplink_name
-from tagged import Iface, domain_xml
+
+from tests.lab.commands import QEMU_HOOK, kvmhooks
+from tests.lab.domains import Iface, domain_xml
+from tests.lab.links import delete_link_later, link_exists, link_info, marked_links
+from tests.lab.names import guest_mac, unique_name, uplink_name
+from tests.lab.virt import define
 
 pytestmark = pytest.mark.system
 
@@ -21,7 +24,7 @@ def kill_in_the_middle(name: str, xml: str, devices: list[str], attempts: int = 
     """Run prepare as libvirt would (in-process: no agent), freeze it once it has built
     some but not all devices, kill it; returns the devices it left."""
     for _ in range(attempts):
-        hook = subprocess.Popen([HOOK, name, "prepare", "begin", "-"], stdin=subprocess.PIPE,
+        hook = subprocess.Popen([QEMU_HOOK, name, "prepare", "begin", "-"], stdin=subprocess.PIPE,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         hook.stdin.write(xml.encode())
         hook.stdin.close()
@@ -37,7 +40,7 @@ def kill_in_the_middle(name: str, xml: str, devices: list[str], attempts: int = 
         left = [d for d in devices if os.path.exists(f"/sys/class/net/{d}")]
         if 0 < len(left) < len(devices):
             return left
-        subprocess.run([HOOK, name, "release", "end", "-"], input=xml.encode(), check=True)
+        subprocess.run([QEMU_HOOK, name, "release", "end", "-"], input=xml.encode(), check=True)
     pytest.fail(f"no attempt stopped prepare half way in {attempts} tries")
 
 
@@ -48,32 +51,32 @@ def orphan_rows(name: str) -> list[dict]:
 
 def test_killed_prepare_leaves_orphans_that_apply_removes_and_a_start_converges(
         libvirt_conn, cleanup, kh_config, stand_in_nic, no_agent):
-    uplink, bridge = uplink_name(), lab.unique_name("ktbr")
+    uplink, bridge = uplink_name(), unique_name("ktbr")
     kh_config(f'[uplink.{uplink}]\nnic = "{stand_in_nic.name}"\nbridge = "{bridge}"\n')
-    lab.delete_link_later(cleanup, bridge)
+    delete_link_later(cleanup, bridge)
     ifaces = [Iface(guest_mac(), "bridge", uplink) for _ in range(6)] + \
         [Iface(guest_mac(), "direct", uplink, "bridge") for _ in range(6)]
     devices = [iface.hook_owned_dev for iface in ifaces]
     for device in devices:
-        lab.delete_link_later(cleanup, device)
-    name = lab.unique_name("kt-dom-")
+        delete_link_later(cleanup, device)
+    name = unique_name("kt-dom-")
     xml = domain_xml(name, ifaces)
-    dom = lab.define(libvirt_conn, xml, cleanup)
+    dom = define(libvirt_conn, xml, cleanup)
 
     left = kill_in_the_middle(name, xml, devices)
     orphans = orphan_rows(name)
     assert sorted(row["device"] for row in orphans) == sorted(left)
     applied = kvmhooks("apply")
     assert applied.returncode == 0, applied.stderr
-    assert not any(lab.link_exists(device) for device in left)
+    assert not any(link_exists(device) for device in left)
     assert orphan_rows(name) == []
 
     kill_in_the_middle(name, xml, devices)
     dom.create()  # a new start over what the killed one left
     for iface in ifaces:
-        info = lab.link_info(iface.hook_owned_dev)
+        info = link_info(iface.hook_owned_dev)
         assert info is not None and info["alias"] == f"kvmhooks:guest:{dom.UUIDString()}"
-    macs = [lab.link_info(n)["mac"] for n in marked_links(f"kvmhooks:guest:{dom.UUIDString()}")]
+    macs = [link_info(n)["mac"] for n in marked_links(f"kvmhooks:guest:{dom.UUIDString()}")]
     assert len(macs) == len(ifaces) == len(set(macs)), "nothing doubled"
     assert orphan_rows(name) == []
     dom.destroy()

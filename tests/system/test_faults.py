@@ -4,11 +4,8 @@ names the step that failed."""
 
 from __future__ import annotations
 
-import lab
 import pytest
-from helpers import guest_mac, host_state, uplink_name
 from pyroute2.netlink.exceptions import NetlinkError
-from tagged import Iface, domain_xml
 
 from kvmhooks.apply import apply
 from kvmhooks.config import parse
@@ -17,6 +14,10 @@ from kvmhooks.engine.session import HostSession
 from kvmhooks.errors import ApplyError
 from kvmhooks.netlink import Netlink
 from kvmhooks.planner import plan_prepare
+from tests.lab.domains import Iface, domain_xml
+from tests.lab.links import delete_link_later, host_state
+from tests.lab.names import guest_mac, pick_subnet, unique_name, uplink_name
+from tests.lab.nic import StandInNic
 
 pytestmark = pytest.mark.system
 
@@ -45,22 +46,22 @@ class FailingIPRoute:
 
 
 def test_every_failed_step_leaves_the_host_as_it_was(cleanup, subnet):
-    other = lab.pick_subnet()
-    nic = lab.StandInNic(cleanup, None, subnet.addr(1), subnet.addr(2))
+    other = pick_subnet()
+    nic = StandInNic(cleanup, None, subnet.addr(1), subnet.addr(2))
     with Netlink() as netlink:  # a route through the NIC, which enslaving must move
         netlink.ipr.route("add", dst=str(other.network), gateway=subnet.ip(2),
                           oif=netlink.index(nic.name))
-    uplink, bridge = uplink_name(), lab.unique_name("ktbr")
-    lab.delete_link_later(cleanup, bridge)
-    lab.delete_link_later(cleanup, f"kh-{uplink}")
+    uplink, bridge = uplink_name(), unique_name("ktbr")
+    delete_link_later(cleanup, bridge)
+    delete_link_later(cleanup, f"kh-{uplink}")
     config = parse(f'[uplink.{uplink}]\nnic = "{nic.name}"\nbridge = "{bridge}"\n'
                    f'host_address = "{subnet.addr(5)}"\n'.encode(), "faults.toml")
     ifaces = [Iface(guest_mac(), "bridge", uplink), Iface(guest_mac(), "bridge", uplink),
               Iface(guest_mac(), "direct", uplink, "private"),
               Iface(guest_mac(), "direct", uplink, "vepa")]
     for iface in ifaces:
-        lab.delete_link_later(cleanup, iface.hook_owned_dev)
-    domain = parse_domain(domain_xml(lab.unique_name("kt-dom-"), ifaces))
+        delete_link_later(cleanup, iface.hook_owned_dev)
+    domain = parse_domain(domain_xml(unique_name("kt-dom-"), ifaces))
     names = {nic.name, bridge, *(i.hook_owned_dev for i in ifaces)}
 
     with HostSession("faults") as session:

@@ -6,16 +6,20 @@ from __future__ import annotations
 
 import time
 
-import lab
 import pytest
-from helpers import guest_mac, kvmhooks, run_hook, uplink_name
-from tagged import Iface, domain_xml
+
+from tests.lab.commands import kvmhooks, run_hook
+from tests.lab.domains import Iface, domain_xml
+from tests.lab.links import create_bridge, create_macvtap, link_exists, link_info
+from tests.lab.names import guest_mac, unique_name, uplink_name
+from tests.lab.virt import define, define_and_start
+from tests.lab.wait import wait_for
 
 pytestmark = pytest.mark.system
 
 
 def snapshot(name: str) -> dict:
-    info = lab.link_info(name)
+    info = link_info(name)
     return {key: info[key] for key in ("index", "kind", "mac", "alias", "master", "link",
                                        "mode", "up", "addresses")}
 
@@ -25,9 +29,9 @@ def test_a_foreign_device_with_the_target_name_is_refused_and_untouched(
     uplink = uplink_name()
     kh_config(f'[uplink.{uplink}]\nnic = "{stand_in_nic.name}"\n')
     iface = Iface(guest_mac(), "direct", uplink, "private")
-    lab.create_macvtap(iface.hook_owned_dev, stand_in_nic.name, cleanup, mode="vepa")
+    create_macvtap(iface.hook_owned_dev, stand_in_nic.name, cleanup, mode="vepa")
     before = snapshot(iface.hook_owned_dev)
-    dom = lab.define(libvirt_conn, domain_xml(lab.unique_name("kt-dom-"), [iface]), cleanup)
+    dom = define(libvirt_conn, domain_xml(unique_name("kt-dom-"), [iface]), cleanup)
     with pytest.raises(Exception) as refused:
         dom.create()
     assert f"device {iface.hook_owned_dev}: exists without kvmhooks' mark" in str(refused.value)
@@ -43,9 +47,9 @@ def test_a_foreign_shim_is_refused_and_untouched(libvirt_conn, cleanup, kh_confi
     uplink = uplink_name()
     kh_config(f'[uplink.{uplink}]\nnic = "{stand_in_nic.name}"\n'
               f'host_address = "{subnet.addr(5)}"\n')
-    lab.create_macvtap(f"kh-{uplink}", stand_in_nic.name, cleanup, mode="bridge")
+    create_macvtap(f"kh-{uplink}", stand_in_nic.name, cleanup, mode="bridge")
     before = snapshot(f"kh-{uplink}")
-    dom = lab.define(libvirt_conn, domain_xml(lab.unique_name("kt-dom-"), [
+    dom = define(libvirt_conn, domain_xml(unique_name("kt-dom-"), [
         Iface(guest_mac(), "direct", uplink, "bridge")]), cleanup)
     with pytest.raises(Exception) as refused:
         dom.create()
@@ -55,17 +59,17 @@ def test_a_foreign_shim_is_refused_and_untouched(libvirt_conn, cleanup, kh_confi
 
 def test_an_administrators_bridge_is_used_and_never_removed(libvirt_conn, cleanup, kh_config,
                                                             stand_in_nic):
-    uplink, bridge = uplink_name(), lab.unique_name("ktbr")
-    lab.create_bridge(bridge, cleanup)
+    uplink, bridge = uplink_name(), unique_name("ktbr")
+    create_bridge(bridge, cleanup)
     kh_config(f'[uplink.{uplink}]\nnic = "{stand_in_nic.name}"\nbridge = "{bridge}"\n')
     iface = Iface(guest_mac(), "bridge", uplink)
-    dom = lab.define_and_start(libvirt_conn, domain_xml(lab.unique_name("kt-dom-"), [iface]),
-                               cleanup)
-    assert lab.link_info(iface.hook_owned_dev)["master"] == bridge
-    assert lab.link_info(stand_in_nic.name)["master"] == bridge
+    dom = define_and_start(libvirt_conn, domain_xml(unique_name("kt-dom-"), [iface]),
+                           cleanup)
+    assert link_info(iface.hook_owned_dev)["master"] == bridge
+    assert link_info(stand_in_nic.name)["master"] == bridge
     dom.destroy()
     assert kvmhooks("apply").returncode == 0
-    info = lab.link_info(bridge)
+    info = link_info(bridge)
     assert info is not None and info["alias"] is None, "kept, and not marked"
 
 
@@ -74,7 +78,7 @@ def test_the_allowlist_holds_on_the_command_line(libvirt_conn, cleanup, kh_confi
     uplink = uplink_name()
     kh_config(f'[uplink.{uplink}]\nnic = "{stand_in_nic.name}"\ndomains = ["web-*"]\n')
     iface = Iface(guest_mac(), "direct", uplink, "bridge", native=True, source="ktnic-old")
-    dom = lab.define(libvirt_conn, domain_xml(lab.unique_name("kt-dom-"), [iface]), cleanup)
+    dom = define(libvirt_conn, domain_xml(unique_name("kt-dom-"), [iface]), cleanup)
     refusal = f"domain {dom.name()}: may not use uplink '{uplink}'"
     for args in (["explain", dom.name()], ["apply", dom.name()],
                  ["attach", dom.name(), "--mac", guest_mac(), "--uplink", uplink,
@@ -93,13 +97,13 @@ def test_the_allowlist_holds_on_nic_events(libvirt_conn, cleanup, kh_config, sta
     allowed = f'[uplink.{uplink}]\nnic = "{stand_in_nic.name}"\n'
     kh_config(allowed)
     iface = Iface(guest_mac(), "direct", uplink, "bridge")
-    dom = lab.define_and_start(libvirt_conn, domain_xml(lab.unique_name("kt-dom-"), [iface]),
-                               cleanup)
+    dom = define_and_start(libvirt_conn, domain_xml(unique_name("kt-dom-"), [iface]),
+                           cleanup)
     kh_config(allowed + 'domains = ["web-*"]\n')  # no longer allowed on that uplink
     mark = len(syslog.records)
     stand_in_nic.recreate()
     refusal = f"domain {dom.name()}: may not use uplink '{uplink}'"
-    lab.wait_for(lambda: any(refusal in text for _, text in syslog.since(mark)), 15,
-                 what="the NIC handler's refusal in the log")
+    wait_for(lambda: any(refusal in text for _, text in syslog.since(mark)), 15,
+             what="the NIC handler's refusal in the log")
     time.sleep(0.5)
-    assert not lab.link_exists(iface.hook_owned_dev), "no macvtap rebuilt for it"
+    assert not link_exists(iface.hook_owned_dev), "no macvtap rebuilt for it"

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
-import lab
 import pytest
-from helpers import guest_mac, marked_links, uplink_name
-from tagged import Iface, domain_xml
+
+from tests.lab.domains import Iface, domain_xml
+from tests.lab.links import (
+    create_bridge,
+    create_macvtap,
+    delete_link_later,
+    link_exists,
+    link_info,
+    marked_links,
+    ping,
+)
+from tests.lab.names import guest_mac, unique_name, uplink_name
+from tests.lab.virt import define_and_start
 
 pytestmark = pytest.mark.system
 
@@ -35,51 +45,51 @@ def start_network(conn, cleanup, xml: str):
 
 def test_host_bridge_network_gets_its_bridge(libvirt_conn, cleanup, kh_config, stand_in_nic,
                                              subnet):
-    uplink, bridge, net = uplink_name(), lab.unique_name("ktbr"), lab.unique_name("kt-net-")
+    uplink, bridge, net = uplink_name(), unique_name("ktbr"), unique_name("kt-net-")
     kh_config(f'[uplink.{uplink}]\nnic = "{stand_in_nic.name}"\nbridge = "{bridge}"\n\n'
               f'[network.{net}]\nuplink = "{uplink}"\n')
-    lab.delete_link_later(cleanup, bridge)
-    assert not lab.link_exists(bridge)
+    delete_link_later(cleanup, bridge)
+    assert not link_exists(bridge)
     network = start_network(libvirt_conn, cleanup, network_xml(
         net, f"<forward mode='bridge'/><bridge name='{bridge}'/>"))
     assert network.isActive()
-    info = lab.link_info(bridge)
+    info = link_info(bridge)
     assert info["kind"] == "bridge" and info["alias"] == f"kvmhooks:network:{net}"
-    assert lab.link_info(stand_in_nic.name)["master"] == bridge
+    assert link_info(stand_in_nic.name)["master"] == bridge
     assert subnet.addr(1) in info["addresses"]
 
     mac = guest_mac()
-    dom = lab.define_and_start(libvirt_conn, domain_xml(lab.unique_name("kt-dom-"), [
+    dom = define_and_start(libvirt_conn, domain_xml(unique_name("kt-dom-"), [
         Iface(mac, "network", network=net, native=True)]), cleanup)
     assert dom.isActive()
     dom.destroy()
 
     network.destroy()
-    assert not lab.link_exists(bridge), "kvmhooks created the bridge, so it goes"
-    nic = lab.link_info(stand_in_nic.name)
+    assert not link_exists(bridge), "kvmhooks created the bridge, so it goes"
+    nic = link_info(stand_in_nic.name)
     assert nic["master"] is None and subnet.addr(1) in nic["addresses"]
-    assert lab.ping(subnet.ip(2))
+    assert ping(subnet.ip(2))
 
 
 def test_network_keeps_a_bridge_it_did_not_create(libvirt_conn, cleanup, kh_config,
                                                   stand_in_nic):
-    uplink, bridge, net = uplink_name(), lab.unique_name("ktbr"), lab.unique_name("kt-net-")
-    lab.create_bridge(bridge, cleanup)
+    uplink, bridge, net = uplink_name(), unique_name("ktbr"), unique_name("kt-net-")
+    create_bridge(bridge, cleanup)
     kh_config(f'[uplink.{uplink}]\nnic = "{stand_in_nic.name}"\nbridge = "{bridge}"\n\n'
               f'[network.{net}]\nuplink = "{uplink}"\n')
     network = start_network(libvirt_conn, cleanup, network_xml(
         net, f"<forward mode='bridge'/><bridge name='{bridge}'/>"))
-    assert lab.link_info(stand_in_nic.name)["master"] == bridge
+    assert link_info(stand_in_nic.name)["master"] == bridge
     network.destroy()
-    assert lab.link_exists(bridge)
+    assert link_exists(bridge)
     assert bridge not in marked_links()
 
 
 def test_private_network_on_a_macvtap_is_refused(libvirt_conn, cleanup, kh_config,
                                                  stand_in_nic):
-    uplink, net = uplink_name(), lab.unique_name("kt-net-")
-    handmade = lab.unique_name("ktmvt")
-    lab.create_macvtap(handmade, stand_in_nic.name, cleanup, mode="private")
+    uplink, net = uplink_name(), unique_name("kt-net-")
+    handmade = unique_name("ktmvt")
+    create_macvtap(handmade, stand_in_nic.name, cleanup, mode="private")
     kh_config(f'[uplink.{uplink}]\nnic = "{stand_in_nic.name}"\n\n'
               f'[network.{net}]\nuplink = "{uplink}"\n')
     network = libvirt_conn.networkDefineXML(network_xml(
@@ -96,9 +106,9 @@ def test_private_network_on_a_macvtap_is_refused(libvirt_conn, cleanup, kh_confi
 def test_networks_not_in_the_config_are_left_alone(libvirt_conn, cleanup, kh_config,
                                                    stand_in_nic):
     kh_config(f'[uplink.{uplink_name()}]\nnic = "{stand_in_nic.name}"\n')
-    bridge = lab.unique_name("ktbr")
-    lab.create_bridge(bridge, cleanup)
+    bridge = unique_name("ktbr")
+    create_bridge(bridge, cleanup)
     network = start_network(libvirt_conn, cleanup, network_xml(
-        lab.unique_name("kt-net-"), f"<forward mode='bridge'/><bridge name='{bridge}'/>"))
+        unique_name("kt-net-"), f"<forward mode='bridge'/><bridge name='{bridge}'/>"))
     assert network.isActive()
-    assert lab.link_info(stand_in_nic.name)["master"] is None
+    assert link_info(stand_in_nic.name)["master"] is None

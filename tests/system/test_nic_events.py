@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import time
 
-import guest
-import lab
 import pytest
-from helpers import guest_mac, live_target, tap_mac, uplink_name
-from tagged import Iface, metadata_xml
+
+from tests.lab import guest
+from tests.lab.daemons import settle_nic_events
+from tests.lab.domains import Iface, domain_xml
+from tests.lab.links import all_links, delete_link_later, link_exists, link_index, link_info
+from tests.lab.names import guest_mac, tap_mac, unique_name, uplink_name
+from tests.lab.virt import define_and_start, live_target
+from tests.lab.wait import wait_for
 
 pytestmark = pytest.mark.system
 
@@ -18,11 +22,8 @@ RECOVERY_SECONDS = 5
 
 
 def boot(conn, cleanup, ifaces: list[Iface], ips: dict[str, str], pings: list[str]):
-    name = lab.unique_name("kt-g-")
-    xml = guest.guest_domain_xml(name, "".join(i.device() for i in ifaces), ips, pings,
-                                 metadata_xml(ifaces))
-    dom = lab.define_and_start(conn, xml, cleanup)
-    serial = guest.SerialLog(lab.serial_log_path(name))
+    dom, serial = guest.define_guest(conn, cleanup, ifaces, ips, pings)
+    dom.create()
     guest.wait_ready(serial, timeout=90)
     for target in pings:
         serial.wait_for_line(guest.ping_line(target), timeout=30)
@@ -30,9 +31,9 @@ def boot(conn, cleanup, ifaces: list[Iface], ips: dict[str, str], pings: list[st
 
 
 def macvtap_on(name: str | None, parent: str, mac: str) -> bool:
-    info = lab.link_info(name) if name else None
+    info = link_info(name) if name else None
     return bool(info and info["kind"] == "macvtap" and info["mac"] == mac
-                and info["link"] == lab.link_index(parent))
+                and info["link"] == link_index(parent))
 
 
 def pings_again(serial, target: str, mark: int) -> None:
@@ -47,11 +48,11 @@ def errors_in(syslog, mark: int) -> list[str]:
 
 def test_bridged_uplink_comes_back_after_a_flap(libvirt_conn, cleanup, kh_config,
                                                 stand_in_nic, subnet, syslog):
-    uplink, bridge = uplink_name(), lab.unique_name("ktbr")
+    uplink, bridge = uplink_name(), unique_name("ktbr")
     kh_config(f'[uplink.{uplink}]\nnic = "{stand_in_nic.name}"\nbridge = "{bridge}"\n'
               f'host_address = "{subnet.addr(5)}"\n')
-    lab.delete_link_later(cleanup, bridge)
-    lab.delete_link_later(cleanup, f"kh-{uplink}")
+    delete_link_later(cleanup, bridge)
+    delete_link_later(cleanup, f"kh-{uplink}")
     tap, macvtap = Iface(guest_mac(), "bridge", uplink), \
         Iface(guest_mac(), "direct", uplink, "bridge")
     lan = subnet.ip(2)
@@ -62,12 +63,12 @@ def test_bridged_uplink_comes_back_after_a_flap(libvirt_conn, cleanup, kh_config
 
     stand_in_nic.recreate(host_address="")
     started = time.monotonic()
-    lab.wait_for(lambda: lab.link_info(stand_in_nic.name)["master"] == bridge,
-                 RECOVERY_SECONDS, what="the NIC back on its bridge")
+    wait_for(lambda: link_info(stand_in_nic.name)["master"] == bridge,
+             RECOVERY_SECONDS, what="the NIC back on its bridge")
     assert time.monotonic() - started < RECOVERY_SECONDS
-    assert lab.link_info(tap.hook_owned_dev)["master"] == bridge
+    assert link_info(tap.hook_owned_dev)["master"] == bridge
     assert macvtap_on(macvtap.hook_owned_dev, bridge, macvtap.mac), "it hangs off the bridge"
-    assert subnet.addr(5) in lab.link_info(f"kh-{uplink}")["addresses"]
+    assert subnet.addr(5) in link_info(f"kh-{uplink}")["addresses"]
     pings_again(tap_serial, lan, marks[0])
     pings_again(mvt_serial, lan, marks[1])
     assert errors_in(syslog, log_mark) == []
@@ -80,7 +81,7 @@ def test_macvtap_guests_are_replugged_on_the_new_nic(renamed, libvirt_conn, clea
     uplink = uplink_name()
     selector = f'mac = "{stand_in_nic.mac}"' if renamed else f'nic = "{stand_in_nic.name}"'
     kh_config(f'[uplink.{uplink}]\n{selector}\nhost_address = "{subnet.addr(5)}"\n')
-    lab.delete_link_later(cleanup, f"kh-{uplink}")
+    delete_link_later(cleanup, f"kh-{uplink}")
     hook_owned = Iface(guest_mac(), "direct", uplink, "bridge")
     native = Iface(guest_mac(), "direct", uplink, "private", native=True,
                    source=stand_in_nic.name)
@@ -91,15 +92,15 @@ def test_macvtap_guests_are_replugged_on_the_new_nic(renamed, libvirt_conn, clea
                                      {native.mac: subnet.addr(12)}, [lan])
     log_mark, marks = len(syslog.records), (owned_serial.offset(), native_serial.offset())
 
-    new_name = lab.unique_name("ktnic") if renamed else None
+    new_name = unique_name("ktnic") if renamed else None
     stand_in_nic.recreate(name=new_name)
     nic = stand_in_nic.name
     started = time.monotonic()
-    lab.wait_for(lambda: macvtap_on(hook_owned.hook_owned_dev, nic, hook_owned.mac)
-                 and macvtap_on(live_target(native_dom, native.mac), nic, native.mac)
-                 and lab.link_exists(f"kh-{uplink}")
-                 and subnet.addr(5) in lab.link_info(f"kh-{uplink}")["addresses"],
-                 RECOVERY_SECONDS, what="macvtaps and shim on the new NIC")
+    wait_for(lambda: macvtap_on(hook_owned.hook_owned_dev, nic, hook_owned.mac)
+             and macvtap_on(live_target(native_dom, native.mac), nic, native.mac)
+             and link_exists(f"kh-{uplink}")
+             and subnet.addr(5) in link_info(f"kh-{uplink}")["addresses"],
+             RECOVERY_SECONDS, what="macvtaps and shim on the new NIC")
     assert time.monotonic() - started < RECOVERY_SECONDS
     source = native_dom.XMLDesc(0)
     assert f"<source dev='{nic}' mode='private'/>" in source
@@ -113,15 +114,15 @@ def test_nic_removal_is_logged_as_a_loss(libvirt_conn, cleanup, kh_config, stand
     uplink = uplink_name()
     kh_config(f'[uplink.{uplink}]\nnic = "{stand_in_nic.name}"\n')
     iface = Iface(guest_mac(), "direct", uplink, "bridge")
-    dom = lab.define_and_start(libvirt_conn, lab.minimal_domain_xml(
-        lab.unique_name("kt-dom-"), iface.device(), metadata_xml([iface])), cleanup)
+    dom = define_and_start(libvirt_conn, domain_xml(
+        unique_name("kt-dom-"), [iface]), cleanup)
     log_mark = len(syslog.records)
     stand_in_nic.unplug()
     expected = (f"domain {dom.name()} interface {iface.mac}: lost its link (uplink "
                 f"'{uplink}', NIC {stand_in_nic.name} remove)")
-    lab.wait_for(lambda: ("warning", expected) in [(s, t.split(": ", 1)[-1])
-                                                   for s, t in syslog.since(log_mark)],
-                 10, what="the loss in the log")
+    wait_for(lambda: ("warning", expected) in [(s, t.split(": ", 1)[-1])
+                                               for s, t in syslog.since(log_mark)],
+             10, what="the loss in the log")
 
 
 def test_a_burst_of_events_ends_in_the_right_state(libvirt_conn, cleanup, kh_config,
@@ -129,7 +130,7 @@ def test_a_burst_of_events_ends_in_the_right_state(libvirt_conn, cleanup, kh_con
     uplink = uplink_name()
     kh_config(f'[uplink.{uplink}]\nnic = "{stand_in_nic.name}"\n'
               f'host_address = "{subnet.addr(5)}"\n')
-    lab.delete_link_later(cleanup, f"kh-{uplink}")
+    delete_link_later(cleanup, f"kh-{uplink}")
     hook_owned = Iface(guest_mac(), "direct", uplink, "bridge")
     native = Iface(guest_mac(), "direct", uplink, "bridge", native=True,
                    source=stand_in_nic.name)
@@ -148,14 +149,14 @@ def test_a_burst_of_events_ends_in_the_right_state(libvirt_conn, cleanup, kh_con
     marks = (owned_serial.offset(), native_serial.offset())
     nic = stand_in_nic.name
     # The last events' handlers run in the agent: wait for their result, not for them.
-    lab.wait_for(lambda: macvtap_on(hook_owned.hook_owned_dev, nic, hook_owned.mac)
-                 and macvtap_on(live_target(native_dom, native.mac), nic, native.mac), 60,
-                 what="both guests re-plugged on the NIC after the burst")
-    lab.settle_nic_events(timeout=60)
-    macs = [lab.link_info(name)["mac"] for name in lab_links()]
+    wait_for(lambda: macvtap_on(hook_owned.hook_owned_dev, nic, hook_owned.mac)
+             and macvtap_on(live_target(native_dom, native.mac), nic, native.mac), 60,
+             what="both guests re-plugged on the NIC after the burst")
+    settle_nic_events(timeout=60)
+    macs = [link_info(name)["mac"] for name in lab_links()]
     assert macs.count(hook_owned.mac) == 1 and macs.count(native.mac) == 1, "duplicates"
     assert [name for name in lab_links() if name.startswith("kh-")] == [f"kh-{uplink}"]
-    assert subnet.addr(5) in lab.link_info(f"kh-{uplink}")["addresses"]
+    assert subnet.addr(5) in link_info(f"kh-{uplink}")["addresses"]
     pings_again(owned_serial, lan, marks[0])
     pings_again(native_serial, lan, marks[1])
     assert errors_in(syslog, log_mark) == []
@@ -163,7 +164,6 @@ def test_a_burst_of_events_ends_in_the_right_state(libvirt_conn, cleanup, kh_con
 
 
 def lab_links() -> list[str]:
-    from helpers import all_links
     return sorted(all_links())
 
 
@@ -189,21 +189,21 @@ def test_watch_handles_events_without_the_rule(libvirt_conn, cleanup, kh_config,
                                                stand_in_nic, udev_rule_disabled, syslog):
     import subprocess
     import sys
-    uplink, bridge = uplink_name(), lab.unique_name("ktbr")
+    uplink, bridge = uplink_name(), unique_name("ktbr")
     kh_config(f'[uplink.{uplink}]\nnic = "{stand_in_nic.name}"\nbridge = "{bridge}"\n')
-    lab.delete_link_later(cleanup, bridge)
+    delete_link_later(cleanup, bridge)
     iface = Iface(guest_mac(), "bridge", uplink)
-    lab.define_and_start(libvirt_conn, lab.minimal_domain_xml(
-        lab.unique_name("kt-dom-"), iface.device(), metadata_xml([iface])), cleanup)
+    define_and_start(libvirt_conn, domain_xml(
+        unique_name("kt-dom-"), [iface]), cleanup)
     watcher = subprocess.Popen([sys.executable, "-m", "kvmhooks", "watch"])
     cleanup.add(lambda: (watcher.terminate(), watcher.wait(10)), _what="stop kvmhooks watch")
-    lab.wait_for(lambda: any(text.endswith("watching NIC events") for _, text in syslog.records),
-                 10, what="kvmhooks watch to start")
+    wait_for(lambda: any(text.endswith("watching NIC events") for _, text in syslog.records),
+             10, what="kvmhooks watch to start")
 
     stand_in_nic.recreate(host_address="")
-    lab.wait_for(lambda: lab.link_info(stand_in_nic.name)["master"] == bridge,
-                 RECOVERY_SECONDS, what="the NIC back on its bridge, by kvmhooks watch")
-    assert lab.link_info(iface.hook_owned_dev)["master"] == bridge
+    wait_for(lambda: link_info(stand_in_nic.name)["master"] == bridge,
+             RECOVERY_SECONDS, what="the NIC back on its bridge, by kvmhooks watch")
+    assert link_info(iface.hook_owned_dev)["master"] == bridge
     enslaved = f"enslave {stand_in_nic.name} to bridge {bridge}"
     assert any(text.startswith(f"kvmhooks[{watcher.pid}]:") and enslaved in text
                for _, text in syslog.records), "the watch process did the work"

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import threading
 
-import lab
 import pytest
-from helpers import (
+
+from tests.lab.domains import Iface, domain_xml
+from tests.lab.links import (
     KERNEL_MODE,
-    forget_bridge_later,
-    guest_mac,
-    live_target,
+    delete_link_later,
+    link_exists,
+    link_index,
+    link_info,
     marked_links,
-    tap_mac,
-    uplink_name,
+    ping,
 )
-from tagged import Iface, domain_xml
+from tests.lab.names import guest_mac, tap_mac, unique_name, uplink_name
+from tests.lab.virt import connect, define, define_and_start, live_target
 
 pytestmark = pytest.mark.system
 
@@ -38,25 +40,25 @@ def case_id(case) -> str:
 def test_start_builds_device_and_stop_removes_it(case, libvirt_conn, cleanup, kh_config,
                                                  stand_in_nic, subnet):
     kind, mode, with_bridge, native = case
-    uplink, bridge = uplink_name(), lab.unique_name("ktbr")
+    uplink, bridge = uplink_name(), unique_name("ktbr")
     # A passthrough macvtap must be alone on its parent: no shim beside it.
     shim = mode != "passthrough"
     kh_config(f'[uplink.{uplink}]\nnic = "{stand_in_nic.name}"\n'
               + (f'bridge = "{bridge}"\n' if with_bridge else "")
               + (f'host_address = "{subnet.addr(5)}"\n' if shim else ""))
     if with_bridge:
-        forget_bridge_later(cleanup, bridge)
+        delete_link_later(cleanup, bridge)
     if shim:
-        forget_bridge_later(cleanup, f"kh-{uplink}")
+        delete_link_later(cleanup, f"kh-{uplink}")
     lower = bridge if with_bridge else stand_in_nic.name
     mac = guest_mac()
     iface = Iface(mac, kind, uplink, mode, native=native,
                   source=bridge if kind == "bridge" else lower)
-    dom = lab.define_and_start(libvirt_conn, domain_xml(lab.unique_name("kt-dom-"), [iface]),
-                               cleanup)
+    dom = define_and_start(libvirt_conn, domain_xml(unique_name("kt-dom-"), [iface]),
+                           cleanup)
 
     device = iface.hook_owned_dev if not native else live_target(dom, mac)
-    info = lab.link_info(device)
+    info = link_info(device)
     assert info is not None, f"no host device {device}"
     if kind == "bridge":
         assert (info["kind"], info["master"], info["mac"]) == ("tun", bridge, tap_mac(mac))
@@ -64,63 +66,63 @@ def test_start_builds_device_and_stop_removes_it(case, libvirt_conn, cleanup, kh
     else:
         assert info["kind"] == "macvtap"
         assert info["mode"] == KERNEL_MODE.get(mode, mode)
-        assert info["link"] == lab.link_index(lower)
+        assert info["link"] == link_index(lower)
         assert info["mac"] == mac
     if with_bridge:
-        assert lab.link_info(stand_in_nic.name)["master"] == bridge
+        assert link_info(stand_in_nic.name)["master"] == bridge
     if shim:
-        shim_info = lab.link_info(f"kh-{uplink}")
+        shim_info = link_info(f"kh-{uplink}")
         assert (shim_info["kind"], shim_info["mode"]) == ("macvlan", "bridge")
-        assert shim_info["link"] == lab.link_index(lower)
+        assert shim_info["link"] == link_index(lower)
         assert subnet.addr(5) in shim_info["addresses"]
     if not native:
         assert info["alias"] == f"kvmhooks:guest:{dom.UUIDString()}"
 
     dom.destroy()
-    assert not lab.link_exists(device), "the per-guest device outlived the guest"
+    assert not link_exists(device), "the per-guest device outlived the guest"
     assert not marked_links(f"kvmhooks:guest:{dom.UUIDString()}")
     if with_bridge:
-        assert lab.link_info(bridge)["kind"] == "bridge"
-        assert lab.link_info(stand_in_nic.name)["master"] == bridge
+        assert link_info(bridge)["kind"] == "bridge"
+        assert link_info(stand_in_nic.name)["master"] == bridge
     if shim:
-        assert lab.link_exists(f"kh-{uplink}")
+        assert link_exists(f"kh-{uplink}")
 
 
 def test_missing_bridge_is_created_with_the_nic_and_its_address(libvirt_conn, cleanup,
                                                                  kh_config, stand_in_nic,
                                                                  subnet):
-    uplink, bridge = uplink_name(), lab.unique_name("ktbr")
+    uplink, bridge = uplink_name(), unique_name("ktbr")
     kh_config(f'[uplink.{uplink}]\nnic = "{stand_in_nic.name}"\nbridge = "{bridge}"\n')
-    forget_bridge_later(cleanup, bridge)
-    assert not lab.link_exists(bridge)
+    delete_link_later(cleanup, bridge)
+    assert not link_exists(bridge)
     nic_mac = stand_in_nic.read_mac()
     mac = guest_mac()
-    lab.define_and_start(libvirt_conn, domain_xml(lab.unique_name("kt-dom-"),
-                                                  [Iface(mac, "bridge", uplink)]), cleanup)
-    bridge_info, nic_info = lab.link_info(bridge), lab.link_info(stand_in_nic.name)
+    define_and_start(libvirt_conn, domain_xml(unique_name("kt-dom-"),
+                                              [Iface(mac, "bridge", uplink)]), cleanup)
+    bridge_info, nic_info = link_info(bridge), link_info(stand_in_nic.name)
     assert bridge_info["kind"] == "bridge" and bridge_info["up"]
     assert bridge_info["mac"] == nic_mac
     assert bridge_info["alias"] == f"kvmhooks:bridge:{uplink}"
     assert nic_info["master"] == bridge
     assert subnet.addr(1) in bridge_info["addresses"]
     assert subnet.addr(1) not in nic_info["addresses"]
-    assert lab.ping(subnet.ip(2)), "the host lost its LAN when the NIC was enslaved"
+    assert ping(subnet.ip(2)), "the host lost its LAN when the NIC was enslaved"
 
 
 def test_two_domains_starting_at_once_share_one_bridge(libvirt_conn, cleanup, kh_config,
                                                        stand_in_nic, subnet):
-    uplink, bridge = uplink_name(), lab.unique_name("ktbr")
+    uplink, bridge = uplink_name(), unique_name("ktbr")
     kh_config(f'[uplink.{uplink}]\nnic = "{stand_in_nic.name}"\nbridge = "{bridge}"\n'
               f'host_address = "{subnet.addr(5)}"\n')
-    forget_bridge_later(cleanup, bridge, f"kh-{uplink}")
-    doms = [lab.define(libvirt_conn, domain_xml(lab.unique_name("kt-dom-"), [
+    delete_link_later(cleanup, bridge, f"kh-{uplink}")
+    doms = [define(libvirt_conn, domain_xml(unique_name("kt-dom-"), [
         Iface(guest_mac(), "bridge", uplink),
         Iface(guest_mac(), "direct", uplink, "bridge")]), cleanup) for _ in range(2)]
     errors: list[Exception] = []
     barrier = threading.Barrier(len(doms))
 
     def start(dom):
-        connection = lab.connect()  # one connection per thread, as two virsh would
+        connection = connect()  # one connection per thread, as two virsh would
         try:
             barrier.wait()
             connection.lookupByName(dom.name()).create()
@@ -139,8 +141,8 @@ def test_two_domains_starting_at_once_share_one_bridge(libvirt_conn, cleanup, kh
     marks = marked_links()
     assert list(marks.values()).count(f"kvmhooks:bridge:{uplink}") == 1
     assert list(marks.values()).count(f"kvmhooks:shim:{uplink}") == 1
-    assert lab.link_info(stand_in_nic.name)["master"] == bridge
-    assert lab.link_info(bridge)["addresses"].count(subnet.addr(1)) == 1
+    assert link_info(stand_in_nic.name)["master"] == bridge
+    assert link_info(bridge)["addresses"].count(subnet.addr(1)) == 1
     for dom in doms:
         assert len(marked_links(f"kvmhooks:guest:{dom.UUIDString()}")) == 2
 
@@ -149,22 +151,22 @@ def test_failed_prepare_undoes_everything_it_built(libvirt_conn, cleanup, kh_con
                                                   stand_in_nic, subnet):
     """The second macvtap is passthrough beside another macvtap: the kernel refuses it
     after the bridge, the enslavement and the first macvtap were built."""
-    uplink, bridge = uplink_name(), lab.unique_name("ktbr")
+    uplink, bridge = uplink_name(), unique_name("ktbr")
     kh_config(f'[uplink.{uplink}]\nnic = "{stand_in_nic.name}"\nbridge = "{bridge}"\n')
-    forget_bridge_later(cleanup, bridge)
-    before = lab.link_info(stand_in_nic.name)
+    delete_link_later(cleanup, bridge)
+    before = link_info(stand_in_nic.name)
     first, second = Iface(guest_mac(), "direct", uplink, "bridge"), \
         Iface(guest_mac(), "direct", uplink, "passthrough")
-    dom = lab.define(libvirt_conn, domain_xml(lab.unique_name("kt-dom-"), [first, second]),
-                     cleanup)
+    dom = define(libvirt_conn, domain_xml(unique_name("kt-dom-"), [first, second]),
+                 cleanup)
     with pytest.raises(Exception) as refused:
         dom.create()
     message = str(refused.value)
     assert f"create macvtap {second.hook_owned_dev}" in message
     assert "earlier steps were undone" in message
-    assert not lab.link_exists(bridge)
-    assert not lab.link_exists(first.hook_owned_dev)
-    after = lab.link_info(stand_in_nic.name)
+    assert not link_exists(bridge)
+    assert not link_exists(first.hook_owned_dev)
+    after = link_info(stand_in_nic.name)
     assert after["master"] is None
     assert after["addresses"] == before["addresses"]
-    assert lab.ping(subnet.ip(2))
+    assert ping(subnet.ip(2))

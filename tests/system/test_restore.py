@@ -5,31 +5,35 @@ from __future__ import annotations
 
 import os
 
-import lab
 import pytest
-from helpers import guest_mac, live_interface, live_target, run_hook
 from lxml import etree
-from tagged import Iface, domain_xml
+
+from tests.lab.commands import run_hook
+from tests.lab.domains import Iface, domain_xml
+from tests.lab.links import link_exists, link_info
+from tests.lab.names import guest_mac, pick_subnet, unique_name
+from tests.lab.nic import StandInNic
+from tests.lab.virt import define_and_start, live_interface, live_target
 
 pytestmark = pytest.mark.system
 
 
 def test_restore_follows_the_uplink_to_another_nic(libvirt_conn, cleanup, kh_config,
                                                   tmp_path):
-    first = lab.StandInNic(cleanup, None, lab.pick_subnet().addr(1))
-    second = lab.StandInNic(cleanup, None, lab.pick_subnet().addr(1))
+    first = StandInNic(cleanup, None, pick_subnet().addr(1))
+    second = StandInNic(cleanup, None, pick_subnet().addr(1))
     config = '[uplink.lan]\nnic = "{}"\n'
     kh_config(config.format(first.name))
     native = Iface(guest_mac(), "direct", "lan", "private", native=True, source=first.name)
     hook_owned = Iface(guest_mac(), "direct", "lan", "vepa")
-    dom = lab.define_and_start(libvirt_conn, domain_xml(lab.unique_name("kt-dom-"),
-                                                        [native, hook_owned]), cleanup)
-    assert lab.link_info(live_target(dom, native.mac))["link"] == first.index
+    dom = define_and_start(libvirt_conn, domain_xml(unique_name("kt-dom-"),
+                                                    [native, hook_owned]), cleanup)
+    assert link_info(live_target(dom, native.mac))["link"] == first.index
 
     image = str(tmp_path / "saved.img")
     cleanup.add(lambda: os.path.exists(image) and os.unlink(image), _what="remove image")
     dom.save(image)
-    assert not lab.link_exists(hook_owned.hook_owned_dev), "release left the macvtap"
+    assert not link_exists(hook_owned.hook_owned_dev), "release left the macvtap"
     kh_config(config.format(second.name))
     libvirt_conn.restore(image)
 
@@ -37,9 +41,9 @@ def test_restore_follows_the_uplink_to_another_nic(libvirt_conn, cleanup, kh_con
     assert dom.isActive()
     source = live_interface(dom, native.mac).find("source")
     assert (source.get("dev"), source.get("mode")) == (second.name, "private")
-    native_device = lab.link_info(live_target(dom, native.mac))
+    native_device = link_info(live_target(dom, native.mac))
     assert (native_device["link"], native_device["mode"]) == (second.index, "private")
-    built = lab.link_info(hook_owned.hook_owned_dev)
+    built = link_info(hook_owned.hook_owned_dev)
     assert (built["link"], built["mode"], built["mac"]) == (second.index, "vepa",
                                                             hook_owned.mac)
     persistent = dom.XMLDesc(0x2)  # VIR_DOMAIN_XML_INACTIVE: restore changes only the run
@@ -47,13 +51,13 @@ def test_restore_follows_the_uplink_to_another_nic(libvirt_conn, cleanup, kh_con
 
 
 def test_migrate_hook_prints_one_rewritten_document(cleanup, kh_config):
-    nic = lab.StandInNic(cleanup)
+    nic = StandInNic(cleanup)
     kh_config(f'[uplink.lan]\nnic = "{nic.name}"\nbridge = "ktbr-remote"\n')
     native = [Iface(guest_mac(), "direct", "lan", "passthrough", native=True, source="eth7",
                     source_mode="vepa"),
               Iface(guest_mac(), "bridge", "lan", native=True, source="br-source-host")]
     hook_owned = Iface(guest_mac(), "direct", "lan", "private")
-    xml = domain_xml(lab.unique_name("kt-dom-"), [*native, hook_owned])
+    xml = domain_xml(unique_name("kt-dom-"), [*native, hook_owned])
 
     result = run_hook("guest", "migrate", xml)
     assert result.returncode == 0, result.stderr
@@ -65,4 +69,4 @@ def test_migrate_hook_prints_one_rewritten_document(cleanup, kh_config):
     assert root.find("devices/interface[@type='ethernet']/target").get("dev") == \
         hook_owned.hook_owned_dev
     assert result.stderr == b""
-    assert not lab.link_exists("ktbr-remote"), "migrate begin must not build anything"
+    assert not link_exists("ktbr-remote"), "migrate begin must not build anything"

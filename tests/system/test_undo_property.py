@@ -4,12 +4,9 @@ back exactly to what they were."""
 
 from __future__ import annotations
 
-import lab
 import pytest
-from helpers import guest_mac, host_state, uplink_name
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tagged import Iface, domain_xml
 
 from kvmhooks.apply import apply
 from kvmhooks.config import parse
@@ -17,6 +14,11 @@ from kvmhooks.domain import parse_domain
 from kvmhooks.engine.session import HostSession
 from kvmhooks.netlink import Netlink
 from kvmhooks.planner import plan_prepare
+from tests.lab.cleanup import Cleanup
+from tests.lab.domains import Iface, domain_xml
+from tests.lab.links import create_bridge, delete_link_later, host_state
+from tests.lab.names import guest_mac, pick_subnet, unique_name, uplink_name
+from tests.lab.nic import StandInNic
 
 pytestmark = pytest.mark.system
 
@@ -39,19 +41,19 @@ attachments = st.lists(st.sampled_from([("bridge", None), ("direct", "bridge"),
 def test_apply_then_undo_restores_the_host(libvirt_conn, host, wanted):
     if not host["bridged"]:
         wanted = [a for a in wanted if a[0] != "bridge"]
-    with lab.Cleanup() as cleanup:
-        subnet, other = lab.pick_subnet(), lab.pick_subnet()
-        nic = lab.StandInNic(cleanup, None, subnet.addr(1) if host["nic_address"] else None,
-                             subnet.addr(2))
-        uplink, bridge = uplink_name(), lab.unique_name("ktbr")
-        lab.delete_link_later(cleanup, bridge)
-        lab.delete_link_later(cleanup, f"kh-{uplink}")
+    with Cleanup() as cleanup:
+        subnet, other = pick_subnet(), pick_subnet()
+        nic = StandInNic(cleanup, None, subnet.addr(1) if host["nic_address"] else None,
+                         subnet.addr(2))
+        uplink, bridge = uplink_name(), unique_name("ktbr")
+        delete_link_later(cleanup, bridge)
+        delete_link_later(cleanup, f"kh-{uplink}")
         with Netlink() as netlink:
             if host["route"] and host["nic_address"]:
                 netlink.ipr.route("add", dst=str(other.network), gateway=subnet.ip(2),
                                   oif=netlink.index(nic.name))
             if host["bridged"] and host["bridge_exists"]:
-                lab.create_bridge(bridge, cleanup)
+                create_bridge(bridge, cleanup)
             if host["nic_down"]:
                 netlink.set_state(nic.name, False)
         text = f'[uplink.{uplink}]\nnic = "{nic.name}"\n'
@@ -60,8 +62,8 @@ def test_apply_then_undo_restores_the_host(libvirt_conn, host, wanted):
         config = parse(text.encode(), "property.toml")
         ifaces = [Iface(guest_mac(), kind, uplink, mode) for kind, mode in wanted]
         for iface in ifaces:
-            lab.delete_link_later(cleanup, iface.hook_owned_dev)
-        domain = parse_domain(domain_xml(lab.unique_name("kt-dom-"), ifaces))
+            delete_link_later(cleanup, iface.hook_owned_dev)
+        domain = parse_domain(domain_xml(unique_name("kt-dom-"), ifaces))
         names = {nic.name, bridge, *(i.hook_owned_dev for i in ifaces)}
         with HostSession("property") as session:
             netlink = session.netlink

@@ -6,12 +6,20 @@ links a netlink dump would report.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from kvmhooks import config as config_module
-from kvmhooks.domain import NAMESPACE, Domain, parse_domain
+from kvmhooks.domain import Domain, parse_domain
 from kvmhooks.inventory import Inventory, Link
-from kvmhooks.names import guest_mark, hook_owned_name
+from kvmhooks.names import guest_mark
+from tests.lab import domains as lab_domains
+from tests.lab.domains import (  # noqa: F401 - the unit tests import them from here
+    Entry,
+    hook_owned,
+    interface,
+    meta,
+    native_bridge,
+    native_direct,
+    native_network,
+)
 
 UUID = "6f1c5e2a-0d1b-4c3e-9a8f-0123456789ab"
 OTHER_UUID = "0b9d7c1e-5a4f-4e2d-8c3b-fedcba987654"
@@ -25,70 +33,16 @@ LAN = '[uplink.lan]\nnic = "eth1"\n'
 LAN_BRIDGE = '[uplink.lan]\nnic = "eth1"\nbridge = "br-lan"\n'
 
 
-# --- domain XML -----------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Entry:
-    """One <kh:interface> of the kvmhooks metadata; attrs keep their order."""
-
-    attrs: dict = field(default_factory=dict)
-
-    def render(self, prefix: str) -> str:
-        text = " ".join(f'{key}="{value}"' for key, value in self.attrs.items())
-        return f"<{prefix}:interface {text}/>"
-
-
-def meta(mac: str, kind: str, **attrs: str) -> Entry:
-    return Entry({"mac": mac, "type": kind, **attrs})
-
-
-def interface(mac: str, kind: str, source: dict | None = None,
-              target: dict | None = None) -> str:
-    def element(tag: str, attrs: dict | None) -> str:
-        if attrs is None:
-            return ""
-        text = " ".join(f'{key}="{value}"' for key, value in attrs.items())
-        return f"\n      <{tag} {text}/>"
-    return (f'<interface type="{kind}">\n      <mac address="{mac}"/>'
-            f'{element("source", source)}{element("target", target)}\n'
-            '      <model type="virtio"/>\n    </interface>')
-
-
-def hook_owned(mac: str, dev: str | None = None, managed: str | None = "no") -> str:
-    target = {"dev": dev or hook_owned_name(mac.lower())}
-    if managed is not None:
-        target["managed"] = managed
-    return interface(mac, "ethernet", target=target)
-
-
-def native_bridge(mac: str, bridge: str) -> str:
-    return interface(mac, "bridge", {"bridge": bridge})
-
-
-def native_direct(mac: str, dev: str, mode: str | None = None) -> str:
-    return interface(mac, "direct", {"dev": dev, **({"mode": mode} if mode else {})})
-
-
-def native_network(mac: str, network: str) -> str:
-    return interface(mac, "network", {"network": network})
-
+# --- domain XML (rendered by the lab's one builder, tests/lab/domains.py) --------------
 
 def domain_xml(*parts: Entry | str, name: str = "web1", uuid: str = UUID,
                prefix: str = "kh") -> str:
     """Entries go into the kvmhooks metadata (a str starting with '<PREFIX:' too),
     other strings into <devices>."""
-    entries = [p.render(prefix) if isinstance(p, Entry) else p for p in parts
-               if isinstance(p, Entry) or p.startswith(f"<{prefix}:")]
+    entries = [p for p in parts if isinstance(p, Entry) or p.startswith(f"<{prefix}:")]
     devices = [p for p in parts if isinstance(p, str) and not p.startswith(f"<{prefix}:")]
-    metadata = ""
-    if entries:
-        body = "".join(f"      {entry}\n" for entry in entries)
-        metadata = (f'  <metadata>\n    <{prefix}:net xmlns:{prefix}="{NAMESPACE}">\n'
-                    f"{body}    </{prefix}:net>\n  </metadata>\n")
-    interfaces = "".join(f"    {device}\n" for device in devices)
-    return (f'<domain type="kvm">\n  <name>{name}</name>\n  <uuid>{uuid}</uuid>\n'
-            f'{metadata}  <memory unit="MiB">256</memory>\n'
-            f"  <devices>\n{interfaces}  </devices>\n</domain>\n")
+    metadata = lab_domains.metadata_xml(entries, prefix) if entries else ""
+    return lab_domains.domain_xml(name, metadata=metadata, devices=devices, uuid=uuid)
 
 
 def domain(*parts: Entry | str, name: str = "web1") -> Domain:

@@ -15,15 +15,14 @@ command line:
     1 s timeout, and the guest prints ``KH t=<uptime> ping <addr> ok|fail``.
 
 The guest answers pings itself (the kernel does).  Lines go to the first
-serial port, which :func:`guest_domain_xml` sends to a file that
+serial port, which the domain (:func:`guest_domain_xml`) sends to a file that
 :class:`SerialLog` reads.  ACPI PCI hotplug (acpiphp) is built into the
 kernel, so a live detach of a virtio NIC completes and a re-attached one comes
 back as a new interface.
 
-    kernel, initrd = ensure_image()          # built once, cached
-    xml = guest_domain_xml(name, iface_xml, {mac: subnet.addr(10)}, [subnet.ip(2)])
-    serial = SerialLog(lab.serial_log_path(name))
-    dom = lab.define_and_start(conn, xml, cleanup)
+    dom, serial = define_guest(conn, cleanup, [iface], {iface.mac: subnet.addr(10)},
+                               [subnet.ip(2)])     # the image is built once, cached
+    dom.create()
     wait_ready(serial)
     mark = serial.offset()
     ...                                      # flap something
@@ -51,7 +50,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import lab
+from .cleanup import Cleanup
+from .domains import Iface, domain_xml, serial_log_path
+from .names import unique_name
+from .virt import define
 
 CACHE_DIR = Path("/var/cache/kvmhooks-lab")
 KERNEL_METAPACKAGE = "linux-image-cloud-amd64"
@@ -411,30 +413,36 @@ def guest_cmdline(ips: dict[str, str], pings: list[str] | tuple[str, ...] = ()) 
 
 def guest_domain_xml(
     name: str,
-    interfaces_xml: str,
+    ifaces: list[Iface],
     ips: dict[str, str],
     pings: list[str] | tuple[str, ...] = (),
-    metadata_xml: str = "",
     *,
-    serial_path: str | None = None,
     memory_mib: int = 128,
 ) -> str:
-    """lab.minimal_domain_xml for a booting TCG guest (type='qemu') running
-    the lab image with ``ips`` ({mac: 'addr/len'}) and ``pings`` on its
-    command line; serial output goes to ``serial_path`` (default
-    lab.serial_log_path(name), which lab.define removes at cleanup)."""
+    """The lab domain (domains.domain_xml) of a booting TCG guest (type='qemu') with
+    ``ifaces``, running the lab image with ``ips`` ({mac: 'addr/len'}) and ``pings`` on
+    its command line; serial output goes to domains.serial_log_path(name)."""
     kernel, initrd = ensure_image()
-    return lab.minimal_domain_xml(
-        name,
-        interfaces_xml=interfaces_xml,
-        metadata_xml=metadata_xml,
-        virt_type="qemu",
-        serial_path=serial_path or lab.serial_log_path(name),
-        kernel=kernel,
-        initrd=initrd,
-        cmdline=guest_cmdline(ips, pings),
-        memory_mib=memory_mib,
-    )
+    return domain_xml(name, ifaces, virt_type="qemu", memory_mib=memory_mib, kernel=kernel,
+                      initrd=initrd, cmdline=guest_cmdline(ips, pings))
+
+
+def define_guest(
+    conn,
+    cleanup: Cleanup,
+    ifaces: list[Iface],
+    ips: dict[str, str],
+    pings: list[str] | tuple[str, ...] = (),
+    *,
+    name: str | None = None,
+    memory_mib: int = 128,
+):
+    """Define (not start) a lab guest (:func:`guest_domain_xml`), named ``name`` or
+    ``kt-g-...``; cleanup removes it and its logs. Returns (virDomain, its SerialLog)."""
+    name = name or unique_name("kt-g-")
+    dom = define(conn, guest_domain_xml(name, ifaces, ips, pings, memory_mib=memory_mib),
+                 cleanup)
+    return dom, SerialLog(serial_log_path(name))
 
 
 # --------------------------------------------------------------------------

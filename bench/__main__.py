@@ -7,9 +7,10 @@
   d  40 tagged domains started 8 at a time, against the same without kvmhooks
   e  a NIC flap with 20 running macvtap guests: time until every guest has its NIC back
 
-Run as root on the lab machine after `make setup` (`make bench` does both). It restarts
-libvirtd to take the hooks out and put them back for c and d, and boots 20 tiny TCG guests
-for e. Everything it makes is removed at the end, also on failure.
+Run as root on the lab machine after `make setup`, from the repository root as
+`python -m bench` (`make bench` does both). It restarts libvirtd to take the hooks out and
+put them back for c and d, and boots 20 tiny TCG guests for e. Everything it makes is
+removed at the end, also on failure.
 """
 
 from __future__ import annotations
@@ -24,16 +25,23 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-import guest  # noqa: E402
-import lab  # noqa: E402
-from helpers import guest_mac  # noqa: E402
-from tagged import Iface, metadata_xml  # noqa: E402
+from tests.lab import guest
+from tests.lab.cleanup import Cleanup
+from tests.lab.commands import HOOKS, QEMU_HOOK
+from tests.lab.config import ConfigFile
+from tests.lab.daemons import LIBVIRTD_PIDFILE
+from tests.lab.domains import Iface, domain_xml
+from tests.lab.links import delete_link_later, link_exists, link_info
+from tests.lab.lock import take_lab_lock
+from tests.lab.logcapture import SyslogCapture
+from tests.lab.names import guest_mac, pick_subnet, unique_name
+from tests.lab.nic import StandInNic
+from tests.lab.virt import LIBVIRT_URI, connect, define, destroy_and_undefine
+from tests.lab.wait import wait_for
 
-HOOKS = [Path("/etc/libvirt/hooks/qemu.d/kvmhooks"), Path("/etc/libvirt/hooks/network.d/kvmhooks")]
 TARGETS = {"a": 1.5, "b": 3.0, "c": 1.10, "d": 1.25, "e": 2.0}
-UNTAGGED = (b"<domain><name>kt-bench</name>"
-            b"<uuid>6b0d5f8e-1a2b-4c3d-8e9f-0a1b2c3d4e5f</uuid></domain>")
+UNTAGGED = domain_xml("kt-bench", metadata="",
+                      uuid="6b0d5f8e-1a2b-4c3d-8e9f-0a1b2c3d4e5f").encode()
 
 
 def timed(command: list[str], stdin: bytes = b"") -> float:
@@ -49,7 +57,7 @@ def median_ms(samples: list[float]) -> float:
 
 def interpreter() -> str:
     """The Python the installed hooks run (their exec line)."""
-    last = HOOKS[0].read_text().strip().splitlines()[-1]
+    last = QEMU_HOOK.read_text().strip().splitlines()[-1]
     return last.split()[1]
 
 
@@ -71,13 +79,13 @@ def restart_libvirtd(hooks_installed: bool) -> None:
             shutil.move(aside, hook)
         elif not hooks_installed and hook.exists():
             shutil.move(hook, aside)
-    pid = int(Path("/run/libvirtd.pid").read_text())
+    pid = int(LIBVIRTD_PIDFILE.read_text())
     os.kill(pid, 15)
-    lab.wait_for(lambda: not Path(f"/proc/{pid}").exists(), 30, what="libvirtd to stop")
+    wait_for(lambda: not Path(f"/proc/{pid}").exists(), 30, what="libvirtd to stop")
     subprocess.run(["libvirtd", "-d"], check=True)
-    lab.wait_for(lambda: subprocess.run(["virsh", "-c", "qemu:///system", "version"],
-                                        capture_output=True).returncode == 0,
-                 30, what="libvirtd to answer")
+    wait_for(lambda: subprocess.run(["virsh", "-c", LIBVIRT_URI, "version"],
+                                    capture_output=True).returncode == 0,
+             30, what="libvirtd to answer")
 
 
 def four_interfaces(uplink: str, bridge: str, native: bool) -> list[Iface]:
@@ -86,14 +94,10 @@ def four_interfaces(uplink: str, bridge: str, native: bool) -> list[Iface]:
                   source=bridge) for kind, mode in kinds]
 
 
-def domain(name: str, ifaces: list[Iface]) -> str:
-    return lab.minimal_domain_xml(name, "".join(i.device() for i in ifaces), metadata_xml(ifaces))
-
-
 # --- the figures ------------------------------------------------------------------------
 
 def figure_a(rounds: int) -> bool:
-    python, hook = interpreter(), str(HOOKS[0])
+    python, hook = interpreter(), str(QEMU_HOOK)
     floor, start, untagged = [], [], []
     for _ in range(rounds):
         floor.append(timed([python, "-c", "pass"]))
@@ -106,46 +110,38 @@ def figure_a(rounds: int) -> bool:
 
 
 def figure_b(rounds: int, uplink: str, bridge: str) -> bool:
-    python, hook = interpreter(), str(HOOKS[0])
+    python, hook = interpreter(), str(QEMU_HOOK)
     ifaces = four_interfaces(uplink, bridge, native=False)
-    xml = domain("kt-bench-b", ifaces).replace(
-        "<name>", "<uuid>7c1e2b3a-4d5e-4f60-8172-9a0b1c2d3e4f</uuid><name>", 1).encode()
+    xml = domain_xml("kt-bench-b", ifaces, uuid="7c1e2b3a-4d5e-4f60-8172-9a0b1c2d3e4f").encode()
     floor, prepare = [], []
     for _ in range(rounds):
         floor.append(timed([python, "-c", "pass"]))
         prepare.append(timed([hook, "kt-bench-b", "prepare", "begin", "-"], xml))
         subprocess.run([hook, "kt-bench-b", "release", "end", "-"], input=xml, check=True)
     for iface in ifaces:
-        assert not lab.link_exists(iface.hook_owned_dev), "release left a device"
+        assert not link_exists(iface.hook_owned_dev), "release left a device"
     ratio = median_ms(prepare) / median_ms(floor)
     return report("b", ratio, f"prepare, 4 tagged interfaces (2 bridge, 2 macvtap): "
                   f"{median_ms(prepare):.1f} ms; floor {median_ms(floor):.1f} ms "
                   f"(median of {rounds})")
 
 
-def define(cleanup, xml: str):
-    """Define a domain; its cleanup connects anew (libvirtd restarts in between)."""
-    dom = lab.connect().defineXML(xml)
-    name = dom.name()
-    cleanup.add(lambda: lab.destroy_and_undefine(lab.connect(), name), _what=f"remove {name}")
-    return dom
-
-
 def cycles(cleanup, xml: str, count: int) -> list[float]:
-    dom = define(cleanup, xml)
+    # A new connection for each phase: libvirtd restarts in between.
+    dom = define(connect(), xml, cleanup)
     samples = []
     for _ in range(count):
         start = time.perf_counter()
         dom.create()
         dom.destroy()
         samples.append(time.perf_counter() - start)
-    lab.destroy_and_undefine(lab.connect(), dom.name())
+    destroy_and_undefine(dom.connect(), dom.name())
     return samples
 
 
 def figure_c(cleanup, rounds: int, uplink: str, bridge: str) -> bool:
-    owned = domain(lab.unique_name("kt-bench-c"), four_interfaces(uplink, bridge, False))
-    native = domain(lab.unique_name("kt-bench-n"), four_interfaces(uplink, bridge, True))
+    owned = domain_xml(unique_name("kt-bench-c"), four_interfaces(uplink, bridge, False))
+    native = domain_xml(unique_name("kt-bench-n"), four_interfaces(uplink, bridge, True))
     with_hooks, without = [], []
     for _ in range(2):  # two blocks each, so drift hits both sides
         restart_libvirtd(hooks_installed=True)
@@ -160,7 +156,8 @@ def figure_c(cleanup, rounds: int, uplink: str, bridge: str) -> bool:
 
 
 def start_many(cleanup, xmls: list[str], workers: int) -> tuple[float, int, list]:
-    doms = [define(cleanup, xml) for xml in xmls]
+    conn = connect()
+    doms = [define(conn, xml, cleanup) for xml in xmls]
     failures = []
 
     def start(dom):
@@ -184,16 +181,16 @@ def figure_d(cleanup, uplink: str, bridge: str) -> bool:
               for _ in range(40)]
     restart_libvirtd(hooks_installed=True)
     wall_with, failed_with, doms = start_many(
-        cleanup, [domain(lab.unique_name("kt-bench-d"), [i]) for i in owned], 8)
+        cleanup, [domain_xml(unique_name("kt-bench-d"), [i]) for i in owned], 8)
     wrong = [i.mac for i in owned
-             if (lab.link_info(i.hook_owned_dev) or {}).get("master") != bridge]
+             if (link_info(i.hook_owned_dev) or {}).get("master") != bridge]
     for dom in doms:
-        lab.destroy_and_undefine(lab.connect(), dom.name())
+        destroy_and_undefine(dom.connect(), dom.name())
     restart_libvirtd(hooks_installed=False)
     wall_without, failed_without, doms = start_many(
-        cleanup, [domain(lab.unique_name("kt-bench-e"), [i]) for i in native], 8)
+        cleanup, [domain_xml(unique_name("kt-bench-e"), [i]) for i in native], 8)
     for dom in doms:
-        lab.destroy_and_undefine(lab.connect(), dom.name())
+        destroy_and_undefine(dom.connect(), dom.name())
     restart_libvirtd(hooks_installed=True)
     ratio = wall_with / wall_without
     failures = failed_with + failed_without + len(wrong)
@@ -204,22 +201,23 @@ def figure_d(cleanup, uplink: str, bridge: str) -> bool:
 
 
 def figure_e(cleanup, kh_config, guests: int, show_log: bool) -> bool:
-    subnet = lab.pick_subnet()
-    nic = lab.StandInNic(cleanup, None, None, subnet.addr(2))
+    subnet = pick_subnet()
+    nic = StandInNic(cleanup, None, None, subnet.addr(2))
     kh_config(f'[uplink.flap]\nnic = "{nic.name}"\n')
     serials = []
     ifaces = [Iface(guest_mac(), "direct", "flap", "bridge") for _ in range(guests)]
+    conn = connect()
     for number, iface in enumerate(ifaces):
-        name = lab.unique_name("kt-bench-g")
-        xml = guest.guest_domain_xml(name, iface.device(), {iface.mac: subnet.addr(10 + number)},
-                                     [], metadata_xml([iface]), memory_mib=96)
-        define(cleanup, xml).create()
-        serials.append(guest.SerialLog(lab.serial_log_path(name)))
+        dom, serial = guest.define_guest(conn, cleanup, [iface],
+                                         {iface.mac: subnet.addr(10 + number)},
+                                         name=unique_name("kt-bench-g"), memory_mib=96)
+        dom.create()
+        serials.append(serial)
     for serial in serials:
         guest.wait_ready(serial, timeout=300)
     marks = [serial.offset() for serial in serials]
     back: dict[int, float] = {}
-    syslog = lab.SyslogCapture() if show_log else None
+    syslog = SyslogCapture() if show_log else None
     nic.recreate()
     flapped, flapped_at = time.perf_counter(), time.monotonic()
     while len(back) < guests and time.perf_counter() - flapped < 60:
@@ -240,7 +238,7 @@ def figure_e(cleanup, kh_config, guests: int, show_log: bool) -> bool:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--cycles", type=int, default=20)
@@ -250,15 +248,15 @@ def main() -> int:
                         help="print what kvmhooks logged during e, with times")
     args = parser.parse_args()
     results = []
-    with lab.Cleanup() as cleanup:
-        lab.take_lab_lock(cleanup)
-        config = lab.ConfigFile(cleanup)
+    with Cleanup() as cleanup:
+        take_lab_lock(cleanup, on_wait=lambda path: print(
+            f"waiting for a system test run or the demo to finish ({path})", flush=True))
+        config = ConfigFile(cleanup)
         cleanup.add(restart_libvirtd, True, _what="hooks back in, libvirtd restarted")
-        subnet = lab.pick_subnet()
-        nic = lab.StandInNic(cleanup, None, subnet.addr(1), subnet.addr(2))
-        bridge = lab.unique_name("ktbr")
-        lab.delete_link_later(cleanup, bridge)
-        lab.delete_link_later(cleanup, "kh-bench")
+        subnet = pick_subnet()
+        nic = StandInNic(cleanup, None, subnet.addr(1), subnet.addr(2))
+        bridge = unique_name("ktbr")
+        delete_link_later(cleanup, bridge, "kh-bench")
         config.write(f'[uplink.bench]\nnic = "{nic.name}"\nbridge = "{bridge}"\n')
         print(f"kvmhooks benchmark, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores",
               flush=True)

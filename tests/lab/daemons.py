@@ -1,0 +1,113 @@
+"""The daemons the lab runs beside the tests: the kvmhooks agent (stop, start, its PID),
+udev's NIC-event handlers (wait until they are done), and libvirtd's start time (did it
+start after the hooks were written, so that it runs them)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from .cleanup import remove_file
+from .wait import wait_for
+
+AGENT_PIDFILE = Path("/run/kvmhooks-agent.pid")  # written by scripts/lab-setup too
+AGENT_SOCKET = Path("/run/kvmhooks/agent.sock")
+LIBVIRTD_PIDFILE = Path("/run/libvirtd.pid")
+
+
+# --- the kvmhooks agent ---------------------------------------------------------------
+
+def agent_pid() -> int | None:
+    """The running kvmhooks agent's PID, or None."""
+    try:
+        pid = int(AGENT_PIDFILE.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if Path(f"/proc/{pid}").exists() and AGENT_SOCKET.exists() else None
+
+
+def _gone(pid: int) -> bool:
+    """The process ended (a zombie child of this process is reaped)."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state == "Z"
+
+
+def stop_agent() -> None:
+    pid = agent_pid()
+    if pid is None:
+        return
+    os.kill(pid, 15)
+    wait_for(lambda: _gone(pid), 10, what=f"agent {pid} to stop")
+    remove_file(AGENT_SOCKET)
+
+
+def start_agent() -> int:
+    """Start `kvmhooks agent` as scripts/lab-setup does; returns its PID."""
+    remove_file(AGENT_SOCKET)
+    command = os.path.join(os.path.dirname(sys.executable), "kvmhooks")
+    process = subprocess.Popen([command, "agent"],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    AGENT_PIDFILE.write_text(f"{process.pid}\n")
+    wait_for(AGENT_SOCKET.exists, 10, what="the agent's socket")
+    return process.pid
+
+
+# --- udev and kvmhooks' NIC-event handlers ----------------------------------------------
+
+def settle_nic_events(timeout: float = 15.0) -> None:
+    """Wait until udev has run its queue and no `kvmhooks nic-event` handler runs."""
+    subprocess.run(["udevadm", "settle", f"--timeout={int(timeout)}"], check=False)
+    wait_for(lambda: not nic_event_handlers(), timeout, what="kvmhooks nic-event handlers")
+
+
+def nic_event_handlers() -> list[int]:
+    """Process IDs of running `kvmhooks nic-event` handlers."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as stream:
+                words = stream.read().split(b"\0")
+        except OSError:
+            continue
+        if b"kvmhooks" in b" ".join(words) and b"nic-event" in words:
+            found.append(int(entry))
+    return found
+
+
+# --- libvirtd -------------------------------------------------------------------------
+
+def process_start_time(pid: int) -> float:
+    """Wall-clock start time of process ``pid`` (from /proc)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    start_ticks = int(stat.rsplit(")", 1)[1].split()[19])
+    btime = next(
+        int(line.split()[1])
+        for line in Path("/proc/stat").read_text().splitlines()
+        if line.startswith("btime ")
+    )
+    return btime + start_ticks / os.sysconf("SC_CLK_TCK")
+
+
+def daemon_started_after(path: Path | str, pidfile: Path | str = LIBVIRTD_PIDFILE) -> bool | None:
+    """True when libvirtd (per ``pidfile``) started after ``path`` was last
+    changed; None when either is unknown. libvirtd reads its hook scripts only when
+    it starts."""
+    try:
+        pid = int(Path(pidfile).read_text().strip())
+        started = process_start_time(pid)
+        changed = os.stat(path).st_mtime
+    except (OSError, ValueError, StopIteration, IndexError):
+        return None
+    return started + 1.0 >= changed
