@@ -25,16 +25,10 @@ _CONTRACT_MODE = {"passthru": "passthrough"}
 
 
 class Netlink:
-    """One rtnetlink socket; use as a context manager."""
+    """One rtnetlink socket; close() it when done."""
 
     def __init__(self):
         self.ipr = IPRoute()
-
-    def __enter__(self) -> Netlink:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def close(self) -> None:
         self.ipr.close()

@@ -12,7 +12,6 @@ from kvmhooks.config import parse
 from kvmhooks.domain import parse_domain
 from kvmhooks.engine.session import HostSession
 from kvmhooks.errors import ApplyError
-from kvmhooks.netlink import Netlink
 from kvmhooks.planner import plan_prepare
 from tests.lab.domains import Iface, domain_xml
 from tests.lab.links import delete_link_later, host_state
@@ -48,9 +47,6 @@ class FailingIPRoute:
 def test_every_failed_step_leaves_the_host_as_it_was(cleanup, subnet):
     other = pick_subnet()
     nic = StandInNic(cleanup, None, subnet.addr(1), subnet.addr(2))
-    with Netlink() as netlink:  # a route through the NIC, which enslaving must move
-        netlink.ipr.route("add", dst=str(other.network), gateway=subnet.ip(2),
-                          oif=netlink.index(nic.name))
     uplink, bridge = uplink_name(), unique_name("ktbr")
     delete_link_later(cleanup, bridge)
     delete_link_later(cleanup, f"kh-{uplink}")
@@ -66,6 +62,9 @@ def test_every_failed_step_leaves_the_host_as_it_was(cleanup, subnet):
 
     with HostSession("faults") as session:
         netlink = session.netlink
+        # A route through the NIC, which enslaving must move.
+        netlink.ipr.route("add", dst=str(other.network), gateway=subnet.ip(2),
+                          oif=netlink.index(nic.name))
         before = host_state(netlink, names)
         plan = plan_prepare(domain, config, session.scan(config))
         real = netlink.ipr

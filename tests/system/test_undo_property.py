@@ -12,7 +12,6 @@ from kvmhooks.apply import apply
 from kvmhooks.config import parse
 from kvmhooks.domain import parse_domain
 from kvmhooks.engine.session import HostSession
-from kvmhooks.netlink import Netlink
 from kvmhooks.planner import plan_prepare
 from tests.lab.cleanup import Cleanup
 from tests.lab.domains import Iface, domain_xml
@@ -48,14 +47,6 @@ def test_apply_then_undo_restores_the_host(libvirt_conn, host, wanted):
         uplink, bridge = uplink_name(), unique_name("ktbr")
         delete_link_later(cleanup, bridge)
         delete_link_later(cleanup, f"kh-{uplink}")
-        with Netlink() as netlink:
-            if host["route"] and host["nic_address"]:
-                netlink.ipr.route("add", dst=str(other.network), gateway=subnet.ip(2),
-                                  oif=netlink.index(nic.name))
-            if host["bridged"] and host["bridge_exists"]:
-                create_bridge(bridge, cleanup)
-            if host["nic_down"]:
-                netlink.set_state(nic.name, False)
         text = f'[uplink.{uplink}]\nnic = "{nic.name}"\n'
         text += f'bridge = "{bridge}"\n' if host["bridged"] else ""
         text += f'host_address = "{subnet.addr(5)}"\n' if host["shim"] else ""
@@ -67,6 +58,13 @@ def test_apply_then_undo_restores_the_host(libvirt_conn, host, wanted):
         names = {nic.name, bridge, *(i.hook_owned_dev for i in ifaces)}
         with HostSession("property") as session:
             netlink = session.netlink
+            if host["route"] and host["nic_address"]:
+                netlink.ipr.route("add", dst=str(other.network), gateway=subnet.ip(2),
+                                  oif=netlink.index(nic.name))
+            if host["bridged"] and host["bridge_exists"]:
+                create_bridge(bridge, cleanup)
+            if host["nic_down"]:
+                netlink.set_state(nic.name, False)
             before = host_state(netlink, names)
             plan = plan_prepare(domain, config, session.scan(config))
             done = apply(plan.actions, netlink, "property")
