@@ -11,9 +11,10 @@ import pytest
 
 from tests.lab import guest
 from tests.lab.domains import Iface
-from tests.lab.links import delete_link_later, ping
-from tests.lab.names import guest_mac, unique_name, uplink_name
+from tests.lab.links import ping
+from tests.lab.names import guest_mac, unique_name
 from tests.lab.nic import StandInNic
+from tests.lab.uplinks import lab_uplink
 
 pytestmark = [pytest.mark.system, pytest.mark.e2e]
 
@@ -29,16 +30,10 @@ class Uplink:
         self.subnet = subnet
         self.nic = StandInNic(cleanup, None, subnet.addr(1) if nic_address else None,
                               subnet.addr(LAN_HOST))
-        self.name = uplink_name()
-        self.bridge = unique_name("ktbr") if bridge else None
-        text = f'[uplink.{self.name}]\nnic = "{self.nic.name}"\n'
-        if self.bridge:
-            text += f'bridge = "{self.bridge}"\n'
-            delete_link_later(cleanup, self.bridge)
-        if shim:
-            text += f'host_address = "{subnet.addr(SHIM)}"\n'
-            delete_link_later(cleanup, f"kh-{self.name}")
-        kh_config(text)
+        up = lab_uplink(cleanup, self.nic.name, bridge=bridge,
+                        host_address=subnet.addr(SHIM) if shim else None)
+        self.name, self.bridge = up.name, up.bridge
+        kh_config(up.table)
         self.lan = subnet.ip(LAN_HOST)
 
     def iface(self, kind: str, mode: str | None = None) -> Iface:

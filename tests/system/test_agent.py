@@ -11,15 +11,17 @@ import pytest
 from tests.lab.daemons import AGENT_SOCKET, agent_pid
 from tests.lab.domains import Iface, domain_xml
 from tests.lab.links import link_exists, link_info
-from tests.lab.names import guest_mac, unique_name, uplink_name
+from tests.lab.names import guest_mac, unique_name
+from tests.lab.uplinks import lab_uplink
 from tests.lab.virt import define_and_start
 
 pytestmark = pytest.mark.system
 
 
 def start_tagged_guest(libvirt_conn, cleanup, kh_config, nic):
-    uplink = uplink_name()
-    kh_config(f'[uplink.{uplink}]\nnic = "{nic.name}"\n')
+    up = lab_uplink(cleanup, nic.name)
+    kh_config(up.table)
+    uplink = up.name
     iface = Iface(guest_mac(), "direct", uplink, "private")
     dom = define_and_start(libvirt_conn, domain_xml(unique_name("kt-dom-"), [iface]),
                            cleanup)

@@ -13,6 +13,7 @@ from tests.lab.domains import Iface, domain_xml, metadata_xml
 from tests.lab.links import all_links, link_info
 from tests.lab.names import guest_mac, unique_name, uplink_name
 from tests.lab.nic import StandInNic
+from tests.lab.uplinks import lab_uplink
 from tests.lab.virt import define
 
 pytestmark = pytest.mark.system
@@ -108,8 +109,9 @@ def test_libvirt_refuses_the_start_with_the_line(libvirt_conn, cleanup, kh_confi
 
 def test_native_source_that_disagrees_is_refused_with_apply_hint(libvirt_conn, cleanup,
                                                                  kh_config, stand_in_nic):
-    uplink = uplink_name()
-    kh_config(f'[uplink.{uplink}]\nnic = "{stand_in_nic.name}"\n')
+    up = lab_uplink(cleanup, stand_in_nic.name)
+    kh_config(up.table)
+    uplink = up.name
     other = StandInNic(cleanup)
     iface = Iface(guest_mac(), "direct", uplink, "bridge", native=True, source=other.name)
     dom = define(libvirt_conn, domain_xml(unique_name("kt-dom-"), [iface]), cleanup)

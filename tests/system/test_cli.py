@@ -18,7 +18,8 @@ from tests.lab.links import (
     link_info,
     marked_links,
 )
-from tests.lab.names import guest_mac, tap_mac, unique_name, uplink_name
+from tests.lab.names import guest_mac, tap_mac, unique_name
+from tests.lab.uplinks import lab_uplink
 from tests.lab.virt import define, define_and_start, live_interface, live_target
 
 pytestmark = pytest.mark.system
@@ -26,10 +27,9 @@ pytestmark = pytest.mark.system
 
 def test_explain_shows_exactly_what_prepare_does(libvirt_conn, cleanup, kh_config,
                                                  stand_in_nic, subnet):
-    uplink, bridge = uplink_name(), unique_name("ktbr")
-    kh_config(f'[uplink.{uplink}]\nnic = "{stand_in_nic.name}"\nbridge = "{bridge}"\n'
-              f'host_address = "{subnet.addr(7)}"\n')
-    delete_link_later(cleanup, bridge, f"kh-{uplink}")
+    up = lab_uplink(cleanup, stand_in_nic.name, bridge=True, host_address=subnet.addr(7))
+    kh_config(up.table)
+    uplink, bridge = up.name, up.bridge
     ifaces = [Iface(guest_mac(), "bridge", uplink), Iface(guest_mac(), "direct", uplink, "vepa"),
               Iface(guest_mac(), "direct", uplink, "private", native=True, source=bridge)]
     dom = define(libvirt_conn, domain_xml(unique_name("kt-dom-"), ifaces), cleanup)
@@ -53,9 +53,9 @@ def test_explain_shows_exactly_what_prepare_does(libvirt_conn, cleanup, kh_confi
 
 def test_attach_writes_hook_owned_and_native_forms(libvirt_conn, cleanup, kh_config,
                                                    stand_in_nic):
-    uplink, bridge = uplink_name(), unique_name("ktbr")
-    kh_config(f'[uplink.{uplink}]\nnic = "{stand_in_nic.name}"\nbridge = "{bridge}"\n')
-    delete_link_later(cleanup, bridge)
+    up = lab_uplink(cleanup, stand_in_nic.name, bridge=True)
+    kh_config(up.table)
+    uplink, bridge = up.name, up.bridge
     dom = define(libvirt_conn, domain_xml(unique_name("kt-dom-"), [], metadata=""),
                  cleanup)
     tap, macvtap = guest_mac(), guest_mac()
@@ -81,8 +81,9 @@ def test_attach_writes_hook_owned_and_native_forms(libvirt_conn, cleanup, kh_con
 
 def test_apply_rewrites_a_definition_for_this_host(libvirt_conn, cleanup, kh_config,
                                                    stand_in_nic):
-    uplink = uplink_name()
-    kh_config(f'[uplink.{uplink}]\nnic = "{stand_in_nic.name}"\n')
+    up = lab_uplink(cleanup, stand_in_nic.name)
+    kh_config(up.table)
+    uplink = up.name
     iface = Iface(guest_mac(), "direct", uplink, "bridge", native=True, source="ktnic-elsewhere",
                   source_mode="vepa")
     dom = define(libvirt_conn, domain_xml(unique_name("kt-dom-"), [iface]), cleanup)
@@ -106,9 +107,11 @@ def test_apply_rewrites_a_definition_for_this_host(libvirt_conn, cleanup, kh_con
 
 def test_apply_moves_a_running_guest_to_this_hosts_bridge(libvirt_conn, cleanup, kh_config,
                                                           stand_in_nic):
-    uplink, old, new = uplink_name(), unique_name("ktbr"), unique_name("ktbr")
+    old, new = unique_name("ktbr"), unique_name("ktbr")
     create_bridge(old, cleanup)
-    kh_config(f'[uplink.{uplink}]\nnic = "{stand_in_nic.name}"\nbridge = "{old}"\n')
+    up = lab_uplink(cleanup, stand_in_nic.name, bridge=old)
+    kh_config(up.table)
+    uplink = up.name
     delete_link_later(cleanup, new)
     iface = Iface(guest_mac(), "bridge", uplink, native=True, source=old)
     dom = define_and_start(libvirt_conn, domain_xml(unique_name("kt-dom-"), [iface]),
@@ -129,8 +132,9 @@ def test_apply_moves_a_running_guest_to_this_hosts_bridge(libvirt_conn, cleanup,
 
 
 def test_status_reports_missing_devices(libvirt_conn, cleanup, kh_config, stand_in_nic):
-    uplink = uplink_name()
-    kh_config(f'[uplink.{uplink}]\nnic = "{stand_in_nic.name}"\n')
+    up = lab_uplink(cleanup, stand_in_nic.name)
+    kh_config(up.table)
+    uplink = up.name
     iface = Iface(guest_mac(), "direct", uplink, "bridge")
     dom = define_and_start(libvirt_conn, domain_xml(unique_name("kt-dom-"), [iface]),
                            cleanup)

@@ -10,8 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from tests.lab.domains import Iface, domain_xml
-from tests.lab.links import delete_link_later, link_index, link_info, marked_links
-from tests.lab.names import guest_mac, unique_name, uplink_name
+from tests.lab.links import link_index, link_info, marked_links
+from tests.lab.names import guest_mac, unique_name
+from tests.lab.uplinks import lab_uplink
 from tests.lab.virt import connect, define
 from tests.lab.wait import wait_for
 
@@ -22,11 +23,9 @@ DOMAINS, ROUNDS = 20, 10
 
 def test_concurrent_starts_and_stops_while_the_nic_flaps(libvirt_conn, cleanup, kh_config,
                                                         stand_in_nic, subnet, syslog):
-    uplink, bridge = uplink_name(), unique_name("ktbr")
-    kh_config(f'[uplink.{uplink}]\nnic = "{stand_in_nic.name}"\nbridge = "{bridge}"\n'
-              f'host_address = "{subnet.addr(5)}"\n')
-    delete_link_later(cleanup, bridge)
-    delete_link_later(cleanup, f"kh-{uplink}")
+    up = lab_uplink(cleanup, stand_in_nic.name, bridge=True, host_address=subnet.addr(5))
+    kh_config(up.table)
+    uplink, bridge = up.name, up.bridge
     guests = []
     for _ in range(DOMAINS):
         ifaces = [Iface(guest_mac(), "bridge", uplink),

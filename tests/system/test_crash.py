@@ -14,7 +14,8 @@ import pytest
 from tests.lab.commands import QEMU_HOOK, kvmhooks
 from tests.lab.domains import Iface, domain_xml
 from tests.lab.links import delete_link_later, link_exists, link_info, marked_links
-from tests.lab.names import guest_mac, unique_name, uplink_name
+from tests.lab.names import guest_mac, unique_name
+from tests.lab.uplinks import lab_uplink
 from tests.lab.virt import define
 
 pytestmark = pytest.mark.system
@@ -51,9 +52,9 @@ def orphan_rows(name: str) -> list[dict]:
 
 def test_killed_prepare_leaves_orphans_that_apply_removes_and_a_start_converges(
         libvirt_conn, cleanup, kh_config, stand_in_nic, no_agent):
-    uplink, bridge = uplink_name(), unique_name("ktbr")
-    kh_config(f'[uplink.{uplink}]\nnic = "{stand_in_nic.name}"\nbridge = "{bridge}"\n')
-    delete_link_later(cleanup, bridge)
+    up = lab_uplink(cleanup, stand_in_nic.name, bridge=True)
+    kh_config(up.table)
+    uplink = up.name
     ifaces = [Iface(guest_mac(), "bridge", uplink) for _ in range(6)] + \
         [Iface(guest_mac(), "direct", uplink, "bridge") for _ in range(6)]
     devices = [iface.hook_owned_dev for iface in ifaces]

@@ -9,14 +9,15 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from kvmhooks.apply import apply
 from kvmhooks.config import parse
-from kvmhooks.domain import parse_domain
 from kvmhooks.engine.session import HostSession
 from kvmhooks.errors import ApplyError
 from kvmhooks.planner import plan_prepare
-from tests.lab.domains import Iface, domain_xml
-from tests.lab.links import delete_link_later, host_state
-from tests.lab.names import guest_mac, pick_subnet, unique_name, uplink_name
+from tests.lab.domains import Iface
+from tests.lab.links import host_state
+from tests.lab.names import guest_mac, pick_subnet
 from tests.lab.nic import StandInNic
+from tests.lab.plans import planned_domain
+from tests.lab.uplinks import lab_uplink
 
 pytestmark = pytest.mark.system
 
@@ -47,17 +48,13 @@ class FailingIPRoute:
 def test_every_failed_step_leaves_the_host_as_it_was(cleanup, subnet):
     other = pick_subnet()
     nic = StandInNic(cleanup, None, subnet.addr(1), subnet.addr(2))
-    uplink, bridge = uplink_name(), unique_name("ktbr")
-    delete_link_later(cleanup, bridge)
-    delete_link_later(cleanup, f"kh-{uplink}")
-    config = parse(f'[uplink.{uplink}]\nnic = "{nic.name}"\nbridge = "{bridge}"\n'
-                   f'host_address = "{subnet.addr(5)}"\n'.encode(), "faults.toml")
+    up = lab_uplink(cleanup, nic.name, bridge=True, host_address=subnet.addr(5))
+    uplink, bridge = up.name, up.bridge
+    config = parse(up.table.encode(), "faults.toml")
     ifaces = [Iface(guest_mac(), "bridge", uplink), Iface(guest_mac(), "bridge", uplink),
               Iface(guest_mac(), "direct", uplink, "private"),
               Iface(guest_mac(), "direct", uplink, "vepa")]
-    for iface in ifaces:
-        delete_link_later(cleanup, iface.hook_owned_dev)
-    domain = parse_domain(domain_xml(unique_name("kt-dom-"), ifaces))
+    domain = planned_domain(cleanup, ifaces)
     names = {nic.name, bridge, *(i.hook_owned_dev for i in ifaces)}
 
     with HostSession("faults") as session:

@@ -11,7 +11,8 @@ import pytest
 from tests.lab.commands import kvmhooks, run_hook
 from tests.lab.domains import Iface, domain_xml
 from tests.lab.links import create_bridge, create_macvtap, link_exists, link_info
-from tests.lab.names import guest_mac, unique_name, uplink_name
+from tests.lab.names import guest_mac, unique_name
+from tests.lab.uplinks import lab_uplink
 from tests.lab.virt import define, define_and_start
 from tests.lab.wait import wait_for
 
@@ -26,8 +27,9 @@ def snapshot(name: str) -> dict:
 
 def test_a_foreign_device_with_the_target_name_is_refused_and_untouched(
         libvirt_conn, cleanup, kh_config, stand_in_nic):
-    uplink = uplink_name()
-    kh_config(f'[uplink.{uplink}]\nnic = "{stand_in_nic.name}"\n')
+    up = lab_uplink(cleanup, stand_in_nic.name)
+    kh_config(up.table)
+    uplink = up.name
     iface = Iface(guest_mac(), "direct", uplink, "private")
     create_macvtap(iface.hook_owned_dev, stand_in_nic.name, cleanup, mode="vepa")
     before = snapshot(iface.hook_owned_dev)
@@ -44,9 +46,9 @@ def test_a_foreign_device_with_the_target_name_is_refused_and_untouched(
 
 def test_a_foreign_shim_is_refused_and_untouched(libvirt_conn, cleanup, kh_config,
                                                  stand_in_nic, subnet):
-    uplink = uplink_name()
-    kh_config(f'[uplink.{uplink}]\nnic = "{stand_in_nic.name}"\n'
-              f'host_address = "{subnet.addr(5)}"\n')
+    up = lab_uplink(cleanup, stand_in_nic.name, host_address=subnet.addr(5))
+    kh_config(up.table)
+    uplink = up.name
     create_macvtap(f"kh-{uplink}", stand_in_nic.name, cleanup, mode="bridge")
     before = snapshot(f"kh-{uplink}")
     dom = define(libvirt_conn, domain_xml(unique_name("kt-dom-"), [
@@ -59,9 +61,11 @@ def test_a_foreign_shim_is_refused_and_untouched(libvirt_conn, cleanup, kh_confi
 
 def test_an_administrators_bridge_is_used_and_never_removed(libvirt_conn, cleanup, kh_config,
                                                             stand_in_nic):
-    uplink, bridge = uplink_name(), unique_name("ktbr")
+    bridge = unique_name("ktbr")
     create_bridge(bridge, cleanup)
-    kh_config(f'[uplink.{uplink}]\nnic = "{stand_in_nic.name}"\nbridge = "{bridge}"\n')
+    up = lab_uplink(cleanup, stand_in_nic.name, bridge=bridge)
+    kh_config(up.table)
+    uplink = up.name
     iface = Iface(guest_mac(), "bridge", uplink)
     dom = define_and_start(libvirt_conn, domain_xml(unique_name("kt-dom-"), [iface]),
                            cleanup)
@@ -75,8 +79,9 @@ def test_an_administrators_bridge_is_used_and_never_removed(libvirt_conn, cleanu
 
 def test_the_allowlist_holds_on_the_command_line(libvirt_conn, cleanup, kh_config,
                                                  stand_in_nic):
-    uplink = uplink_name()
-    kh_config(f'[uplink.{uplink}]\nnic = "{stand_in_nic.name}"\ndomains = ["web-*"]\n')
+    up = lab_uplink(cleanup, stand_in_nic.name, extra='domains = ["web-*"]\n')
+    kh_config(up.table)
+    uplink = up.name
     iface = Iface(guest_mac(), "direct", uplink, "bridge", native=True, source="ktnic-old")
     dom = define(libvirt_conn, domain_xml(unique_name("kt-dom-"), [iface]), cleanup)
     refusal = f"domain {dom.name()}: may not use uplink '{uplink}'"
@@ -93,9 +98,10 @@ def test_the_allowlist_holds_on_the_command_line(libvirt_conn, cleanup, kh_confi
 
 def test_the_allowlist_holds_on_nic_events(libvirt_conn, cleanup, kh_config, stand_in_nic,
                                            syslog):
-    uplink = uplink_name()
-    allowed = f'[uplink.{uplink}]\nnic = "{stand_in_nic.name}"\n'
+    up = lab_uplink(cleanup, stand_in_nic.name)
+    allowed = up.table
     kh_config(allowed)
+    uplink = up.name
     iface = Iface(guest_mac(), "direct", uplink, "bridge")
     dom = define_and_start(libvirt_conn, domain_xml(unique_name("kt-dom-"), [iface]),
                            cleanup)

@@ -8,13 +8,13 @@ from tests.lab.domains import Iface, domain_xml
 from tests.lab.links import (
     create_bridge,
     create_macvtap,
-    delete_link_later,
     link_exists,
     link_info,
     marked_links,
     ping,
 )
-from tests.lab.names import guest_mac, unique_name, uplink_name
+from tests.lab.names import guest_mac, unique_name
+from tests.lab.uplinks import lab_uplink
 from tests.lab.virt import define_and_start
 
 pytestmark = pytest.mark.system
@@ -45,10 +45,9 @@ def start_network(conn, cleanup, xml: str):
 
 def test_host_bridge_network_gets_its_bridge(libvirt_conn, cleanup, kh_config, stand_in_nic,
                                              subnet):
-    uplink, bridge, net = uplink_name(), unique_name("ktbr"), unique_name("kt-net-")
-    kh_config(f'[uplink.{uplink}]\nnic = "{stand_in_nic.name}"\nbridge = "{bridge}"\n\n'
-              f'[network.{net}]\nuplink = "{uplink}"\n')
-    delete_link_later(cleanup, bridge)
+    up, net = lab_uplink(cleanup, stand_in_nic.name, bridge=True), unique_name("kt-net-")
+    kh_config(f'{up.table}\n[network.{net}]\nuplink = "{up.name}"\n')
+    bridge = up.bridge
     assert not link_exists(bridge)
     network = start_network(libvirt_conn, cleanup, network_xml(
         net, f"<forward mode='bridge'/><bridge name='{bridge}'/>"))
@@ -73,10 +72,10 @@ def test_host_bridge_network_gets_its_bridge(libvirt_conn, cleanup, kh_config, s
 
 def test_network_keeps_a_bridge_it_did_not_create(libvirt_conn, cleanup, kh_config,
                                                   stand_in_nic):
-    uplink, bridge, net = uplink_name(), unique_name("ktbr"), unique_name("kt-net-")
+    bridge, net = unique_name("ktbr"), unique_name("kt-net-")
     create_bridge(bridge, cleanup)
-    kh_config(f'[uplink.{uplink}]\nnic = "{stand_in_nic.name}"\nbridge = "{bridge}"\n\n'
-              f'[network.{net}]\nuplink = "{uplink}"\n')
+    up = lab_uplink(cleanup, stand_in_nic.name, bridge=bridge)
+    kh_config(f'{up.table}\n[network.{net}]\nuplink = "{up.name}"\n')
     network = start_network(libvirt_conn, cleanup, network_xml(
         net, f"<forward mode='bridge'/><bridge name='{bridge}'/>"))
     assert link_info(stand_in_nic.name)["master"] == bridge
@@ -87,11 +86,10 @@ def test_network_keeps_a_bridge_it_did_not_create(libvirt_conn, cleanup, kh_conf
 
 def test_private_network_on_a_macvtap_is_refused(libvirt_conn, cleanup, kh_config,
                                                  stand_in_nic):
-    uplink, net = uplink_name(), unique_name("kt-net-")
-    handmade = unique_name("ktmvt")
+    net, handmade = unique_name("kt-net-"), unique_name("ktmvt")
     create_macvtap(handmade, stand_in_nic.name, cleanup, mode="private")
-    kh_config(f'[uplink.{uplink}]\nnic = "{stand_in_nic.name}"\n\n'
-              f'[network.{net}]\nuplink = "{uplink}"\n')
+    up = lab_uplink(cleanup, stand_in_nic.name)
+    kh_config(f'{up.table}\n[network.{net}]\nuplink = "{up.name}"\n')
     network = libvirt_conn.networkDefineXML(network_xml(
         net, f"<forward mode='private'><interface dev='{handmade}'/></forward>"))
     cleanup.add(network.undefine, _what=f"undefine network {net}")
@@ -105,7 +103,7 @@ def test_private_network_on_a_macvtap_is_refused(libvirt_conn, cleanup, kh_confi
 
 def test_networks_not_in_the_config_are_left_alone(libvirt_conn, cleanup, kh_config,
                                                    stand_in_nic):
-    kh_config(f'[uplink.{uplink_name()}]\nnic = "{stand_in_nic.name}"\n')
+    kh_config(lab_uplink(cleanup, stand_in_nic.name).table)
     bridge = unique_name("ktbr")
     create_bridge(bridge, cleanup)
     network = start_network(libvirt_conn, cleanup, network_xml(

@@ -11,8 +11,9 @@ import pytest
 from tests.lab import guest
 from tests.lab.daemons import settle_nic_events
 from tests.lab.domains import Iface, domain_xml
-from tests.lab.links import all_links, delete_link_later, link_exists, link_index, link_info
-from tests.lab.names import guest_mac, tap_mac, unique_name, uplink_name
+from tests.lab.links import all_links, link_exists, link_index, link_info
+from tests.lab.names import guest_mac, tap_mac, unique_name
+from tests.lab.uplinks import lab_uplink
 from tests.lab.virt import define_and_start, live_target
 from tests.lab.wait import wait_for
 
@@ -28,6 +29,19 @@ def boot(conn, cleanup, ifaces: list[Iface], ips: dict[str, str], pings: list[st
     for target in pings:
         serial.wait_for_line(guest.ping_line(target), timeout=30)
     return dom, serial
+
+
+def boot_macvtap_pair(conn, cleanup, uplink: str, nic: str, subnet, native_mode: str):
+    """Two booted guests pinging the LAN host on an uplink without a bridge: one with a
+    hook-owned macvtap (bridge mode), one with a native macvtap on the NIC."""
+    hook_owned = Iface(guest_mac(), "direct", uplink, "bridge")
+    native = Iface(guest_mac(), "direct", uplink, native_mode, native=True, source=nic)
+    lan = subnet.ip(2)
+    _, owned_serial = boot(conn, cleanup, [hook_owned], {hook_owned.mac: subnet.addr(11)},
+                           [lan])
+    native_dom, native_serial = boot(conn, cleanup, [native], {native.mac: subnet.addr(12)},
+                                     [lan])
+    return hook_owned, native, lan, owned_serial, native_dom, native_serial
 
 
 def macvtap_on(name: str | None, parent: str, mac: str) -> bool:
@@ -48,11 +62,9 @@ def errors_in(syslog, mark: int) -> list[str]:
 
 def test_bridged_uplink_comes_back_after_a_flap(libvirt_conn, cleanup, kh_config,
                                                 stand_in_nic, subnet, syslog):
-    uplink, bridge = uplink_name(), unique_name("ktbr")
-    kh_config(f'[uplink.{uplink}]\nnic = "{stand_in_nic.name}"\nbridge = "{bridge}"\n'
-              f'host_address = "{subnet.addr(5)}"\n')
-    delete_link_later(cleanup, bridge)
-    delete_link_later(cleanup, f"kh-{uplink}")
+    up = lab_uplink(cleanup, stand_in_nic.name, bridge=True, host_address=subnet.addr(5))
+    kh_config(up.table)
+    uplink, bridge = up.name, up.bridge
     tap, macvtap = Iface(guest_mac(), "bridge", uplink), \
         Iface(guest_mac(), "direct", uplink, "bridge")
     lan = subnet.ip(2)
@@ -78,18 +90,11 @@ def test_bridged_uplink_comes_back_after_a_flap(libvirt_conn, cleanup, kh_config
 def test_macvtap_guests_are_replugged_on_the_new_nic(renamed, libvirt_conn, cleanup,
                                                      kh_config, stand_in_nic, subnet,
                                                      syslog):
-    uplink = uplink_name()
     selector = f'mac = "{stand_in_nic.mac}"' if renamed else f'nic = "{stand_in_nic.name}"'
-    kh_config(f'[uplink.{uplink}]\n{selector}\nhost_address = "{subnet.addr(5)}"\n')
-    delete_link_later(cleanup, f"kh-{uplink}")
-    hook_owned = Iface(guest_mac(), "direct", uplink, "bridge")
-    native = Iface(guest_mac(), "direct", uplink, "private", native=True,
-                   source=stand_in_nic.name)
-    lan = subnet.ip(2)
-    _, owned_serial = boot(libvirt_conn, cleanup, [hook_owned],
-                           {hook_owned.mac: subnet.addr(11)}, [lan])
-    native_dom, native_serial = boot(libvirt_conn, cleanup, [native],
-                                     {native.mac: subnet.addr(12)}, [lan])
+    up = lab_uplink(cleanup, selector=selector, host_address=subnet.addr(5))
+    kh_config(up.table)
+    hook_owned, native, lan, owned_serial, native_dom, native_serial = boot_macvtap_pair(
+        libvirt_conn, cleanup, up.name, stand_in_nic.name, subnet, "private")
     log_mark, marks = len(syslog.records), (owned_serial.offset(), native_serial.offset())
 
     new_name = unique_name("ktnic") if renamed else None
@@ -98,8 +103,8 @@ def test_macvtap_guests_are_replugged_on_the_new_nic(renamed, libvirt_conn, clea
     started = time.monotonic()
     wait_for(lambda: macvtap_on(hook_owned.hook_owned_dev, nic, hook_owned.mac)
              and macvtap_on(live_target(native_dom, native.mac), nic, native.mac)
-             and link_exists(f"kh-{uplink}")
-             and subnet.addr(5) in link_info(f"kh-{uplink}")["addresses"],
+             and link_exists(up.shim)
+             and subnet.addr(5) in link_info(up.shim)["addresses"],
              RECOVERY_SECONDS, what="macvtaps and shim on the new NIC")
     assert time.monotonic() - started < RECOVERY_SECONDS
     source = native_dom.XMLDesc(0)
@@ -111,8 +116,9 @@ def test_macvtap_guests_are_replugged_on_the_new_nic(renamed, libvirt_conn, clea
 
 def test_nic_removal_is_logged_as_a_loss(libvirt_conn, cleanup, kh_config, stand_in_nic,
                                          syslog):
-    uplink = uplink_name()
-    kh_config(f'[uplink.{uplink}]\nnic = "{stand_in_nic.name}"\n')
+    up = lab_uplink(cleanup, stand_in_nic.name)
+    kh_config(up.table)
+    uplink = up.name
     iface = Iface(guest_mac(), "direct", uplink, "bridge")
     dom = define_and_start(libvirt_conn, domain_xml(
         unique_name("kt-dom-"), [iface]), cleanup)
@@ -127,18 +133,10 @@ def test_nic_removal_is_logged_as_a_loss(libvirt_conn, cleanup, kh_config, stand
 
 def test_a_burst_of_events_ends_in_the_right_state(libvirt_conn, cleanup, kh_config,
                                                    stand_in_nic, subnet, syslog):
-    uplink = uplink_name()
-    kh_config(f'[uplink.{uplink}]\nnic = "{stand_in_nic.name}"\n'
-              f'host_address = "{subnet.addr(5)}"\n')
-    delete_link_later(cleanup, f"kh-{uplink}")
-    hook_owned = Iface(guest_mac(), "direct", uplink, "bridge")
-    native = Iface(guest_mac(), "direct", uplink, "bridge", native=True,
-                   source=stand_in_nic.name)
-    lan = subnet.ip(2)
-    _, owned_serial = boot(libvirt_conn, cleanup, [hook_owned],
-                           {hook_owned.mac: subnet.addr(11)}, [lan])
-    native_dom, native_serial = boot(libvirt_conn, cleanup, [native],
-                                     {native.mac: subnet.addr(12)}, [lan])
+    up = lab_uplink(cleanup, stand_in_nic.name, host_address=subnet.addr(5))
+    kh_config(up.table)
+    hook_owned, native, lan, owned_serial, native_dom, native_serial = boot_macvtap_pair(
+        libvirt_conn, cleanup, up.name, stand_in_nic.name, subnet, "bridge")
     log_mark = len(syslog.records)
 
     started = time.monotonic()
@@ -155,8 +153,8 @@ def test_a_burst_of_events_ends_in_the_right_state(libvirt_conn, cleanup, kh_con
     settle_nic_events(timeout=60)
     macs = [link_info(name)["mac"] for name in lab_links()]
     assert macs.count(hook_owned.mac) == 1 and macs.count(native.mac) == 1, "duplicates"
-    assert [name for name in lab_links() if name.startswith("kh-")] == [f"kh-{uplink}"]
-    assert subnet.addr(5) in link_info(f"kh-{uplink}")["addresses"]
+    assert [name for name in lab_links() if name.startswith("kh-")] == [up.shim]
+    assert subnet.addr(5) in link_info(up.shim)["addresses"]
     pings_again(owned_serial, lan, marks[0])
     pings_again(native_serial, lan, marks[1])
     assert errors_in(syslog, log_mark) == []
@@ -189,9 +187,9 @@ def test_watch_handles_events_without_the_rule(libvirt_conn, cleanup, kh_config,
                                                stand_in_nic, udev_rule_disabled, syslog):
     import subprocess
     import sys
-    uplink, bridge = uplink_name(), unique_name("ktbr")
-    kh_config(f'[uplink.{uplink}]\nnic = "{stand_in_nic.name}"\nbridge = "{bridge}"\n')
-    delete_link_later(cleanup, bridge)
+    up = lab_uplink(cleanup, stand_in_nic.name, bridge=True)
+    kh_config(up.table)
+    uplink, bridge = up.name, up.bridge
     iface = Iface(guest_mac(), "bridge", uplink)
     define_and_start(libvirt_conn, domain_xml(
         unique_name("kt-dom-"), [iface]), cleanup)

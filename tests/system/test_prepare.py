@@ -9,14 +9,14 @@ import pytest
 from tests.lab.domains import Iface, domain_xml
 from tests.lab.links import (
     KERNEL_MODE,
-    delete_link_later,
     link_exists,
     link_index,
     link_info,
     marked_links,
     ping,
 )
-from tests.lab.names import guest_mac, tap_mac, unique_name, uplink_name
+from tests.lab.names import guest_mac, tap_mac, unique_name
+from tests.lab.uplinks import lab_uplink
 from tests.lab.virt import connect, define, define_and_start, live_target
 
 pytestmark = pytest.mark.system
@@ -40,16 +40,12 @@ def case_id(case) -> str:
 def test_start_builds_device_and_stop_removes_it(case, libvirt_conn, cleanup, kh_config,
                                                  stand_in_nic, subnet):
     kind, mode, with_bridge, native = case
-    uplink, bridge = uplink_name(), unique_name("ktbr")
     # A passthrough macvtap must be alone on its parent: no shim beside it.
     shim = mode != "passthrough"
-    kh_config(f'[uplink.{uplink}]\nnic = "{stand_in_nic.name}"\n'
-              + (f'bridge = "{bridge}"\n' if with_bridge else "")
-              + (f'host_address = "{subnet.addr(5)}"\n' if shim else ""))
-    if with_bridge:
-        delete_link_later(cleanup, bridge)
-    if shim:
-        delete_link_later(cleanup, f"kh-{uplink}")
+    up = lab_uplink(cleanup, stand_in_nic.name, bridge=with_bridge,
+                    host_address=subnet.addr(5) if shim else None)
+    kh_config(up.table)
+    uplink, bridge = up.name, up.bridge
     lower = bridge if with_bridge else stand_in_nic.name
     mac = guest_mac()
     iface = Iface(mac, kind, uplink, mode, native=native,
@@ -91,9 +87,9 @@ def test_start_builds_device_and_stop_removes_it(case, libvirt_conn, cleanup, kh
 def test_missing_bridge_is_created_with_the_nic_and_its_address(libvirt_conn, cleanup,
                                                                  kh_config, stand_in_nic,
                                                                  subnet):
-    uplink, bridge = uplink_name(), unique_name("ktbr")
-    kh_config(f'[uplink.{uplink}]\nnic = "{stand_in_nic.name}"\nbridge = "{bridge}"\n')
-    delete_link_later(cleanup, bridge)
+    up = lab_uplink(cleanup, stand_in_nic.name, bridge=True)
+    kh_config(up.table)
+    uplink, bridge = up.name, up.bridge
     assert not link_exists(bridge)
     nic_mac = stand_in_nic.read_mac()
     mac = guest_mac()
@@ -111,10 +107,9 @@ def test_missing_bridge_is_created_with_the_nic_and_its_address(libvirt_conn, cl
 
 def test_two_domains_starting_at_once_share_one_bridge(libvirt_conn, cleanup, kh_config,
                                                        stand_in_nic, subnet):
-    uplink, bridge = uplink_name(), unique_name("ktbr")
-    kh_config(f'[uplink.{uplink}]\nnic = "{stand_in_nic.name}"\nbridge = "{bridge}"\n'
-              f'host_address = "{subnet.addr(5)}"\n')
-    delete_link_later(cleanup, bridge, f"kh-{uplink}")
+    up = lab_uplink(cleanup, stand_in_nic.name, bridge=True, host_address=subnet.addr(5))
+    kh_config(up.table)
+    uplink, bridge = up.name, up.bridge
     doms = [define(libvirt_conn, domain_xml(unique_name("kt-dom-"), [
         Iface(guest_mac(), "bridge", uplink),
         Iface(guest_mac(), "direct", uplink, "bridge")]), cleanup) for _ in range(2)]
@@ -151,9 +146,9 @@ def test_failed_prepare_undoes_everything_it_built(libvirt_conn, cleanup, kh_con
                                                   stand_in_nic, subnet):
     """The second macvtap is passthrough beside another macvtap: the kernel refuses it
     after the bridge, the enslavement and the first macvtap were built."""
-    uplink, bridge = uplink_name(), unique_name("ktbr")
-    kh_config(f'[uplink.{uplink}]\nnic = "{stand_in_nic.name}"\nbridge = "{bridge}"\n')
-    delete_link_later(cleanup, bridge)
+    up = lab_uplink(cleanup, stand_in_nic.name, bridge=True)
+    kh_config(up.table)
+    uplink, bridge = up.name, up.bridge
     before = link_info(stand_in_nic.name)
     first, second = Iface(guest_mac(), "direct", uplink, "bridge"), \
         Iface(guest_mac(), "direct", uplink, "passthrough")

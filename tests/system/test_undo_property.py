@@ -10,14 +10,15 @@ from hypothesis import strategies as st
 
 from kvmhooks.apply import apply
 from kvmhooks.config import parse
-from kvmhooks.domain import parse_domain
 from kvmhooks.engine.session import HostSession
 from kvmhooks.planner import plan_prepare
 from tests.lab.cleanup import Cleanup
-from tests.lab.domains import Iface, domain_xml
+from tests.lab.domains import Iface
 from tests.lab.links import create_bridge, delete_link_later, host_state
-from tests.lab.names import guest_mac, pick_subnet, unique_name, uplink_name
+from tests.lab.names import guest_mac, pick_subnet, unique_name
 from tests.lab.nic import StandInNic
+from tests.lab.plans import planned_domain
+from tests.lab.uplinks import lab_uplink
 
 pytestmark = pytest.mark.system
 
@@ -44,17 +45,14 @@ def test_apply_then_undo_restores_the_host(libvirt_conn, host, wanted):
         subnet, other = pick_subnet(), pick_subnet()
         nic = StandInNic(cleanup, None, subnet.addr(1) if host["nic_address"] else None,
                          subnet.addr(2))
-        uplink, bridge = uplink_name(), unique_name("ktbr")
+        bridge = unique_name("ktbr")
         delete_link_later(cleanup, bridge)
-        delete_link_later(cleanup, f"kh-{uplink}")
-        text = f'[uplink.{uplink}]\nnic = "{nic.name}"\n'
-        text += f'bridge = "{bridge}"\n' if host["bridged"] else ""
-        text += f'host_address = "{subnet.addr(5)}"\n' if host["shim"] else ""
-        config = parse(text.encode(), "property.toml")
+        up = lab_uplink(cleanup, nic.name, bridge=host["bridged"] and bridge,
+                        host_address=subnet.addr(5) if host["shim"] else None)
+        uplink = up.name
+        config = parse(up.table.encode(), "property.toml")
         ifaces = [Iface(guest_mac(), kind, uplink, mode) for kind, mode in wanted]
-        for iface in ifaces:
-            delete_link_later(cleanup, iface.hook_owned_dev)
-        domain = parse_domain(domain_xml(unique_name("kt-dom-"), ifaces))
+        domain = planned_domain(cleanup, ifaces)
         names = {nic.name, bridge, *(i.hook_owned_dev for i in ifaces)}
         with HostSession("property") as session:
             netlink = session.netlink
