@@ -47,8 +47,10 @@ class Libvirt:
 
     @staticmethod
     def definition(dom: libvirt.virDomain) -> str:
-        """The persistent definition (what the next start uses)."""
-        return dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+        """The persistent definition (what the next start uses), secrets included: without
+        VIR_DOMAIN_XML_SECURE libvirt leaves out VNC and SPICE passwords, and a definition
+        written back from it would lose them."""
+        return dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE)
 
     @staticmethod
     def live(dom: libvirt.virDomain) -> str:
