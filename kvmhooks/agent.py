@@ -19,7 +19,7 @@ from . import virt  # noqa: F401  (imported now: the first NIC event need not wa
 from .dispatch import run
 
 # hookclient.py runs alone under `python3 -I -S`: the wire format it speaks is defined there.
-from .hookclient import AGENT_SOCKET, read_message, send_message
+from .hookclient import AGENT_SOCKET, GarbledMessage, read_message, send_message
 from .state import state_directory
 
 log = logging.getLogger("kvmhooks")
@@ -51,7 +51,11 @@ def _serve_one(connection: socket.socket) -> None:
     with connection, connection.makefile("rwb") as stream:
         if not _peer_is_root(connection):
             return
-        message = read_message(stream)
+        try:
+            message = read_message(stream)
+        except GarbledMessage as error:
+            log.warning("agent: refused a garbled call (%s)", error)
+            return
         if message is None:
             return
         header, data = message

@@ -16,7 +16,14 @@ from .engine.nic import handle
 from .errors import KvmhooksError
 
 # hookclient.py runs alone under `python3 -I -S`: the hook operations and answers are its.
-from .hookclient import QEMU_NEVER_FAIL, QEMU_REWRITES_XML, Answer, one_line, release_uuid
+from .hookclient import (
+    QEMU_REWRITES_XML,
+    Answer,
+    describe_call,
+    never_fails,
+    one_line,
+    release_uuid,
+)
 from .logsetup import setup
 from .network import parse_hook_data
 
@@ -25,11 +32,9 @@ def run(trigger: str, argv: list[str], data: bytes) -> Answer:
     """The work of one call; every exception becomes one line, and calls that must never
     fail (reconnect, attach, release, network stopped, NIC events) exit 0 whatever happens."""
     log = setup(to_stderr=False)
-    subject = {"qemu": "domain", "network": "network", "nic-event": "NIC"}[trigger]
+    subject, call = describe_call(trigger, argv)
     name, operation = (argv[1], argv[0]) if trigger == "nic-event" else (argv[0], argv[1])
-    call = f"{trigger} {operation}"
-    never_fail = (operation in QEMU_NEVER_FAIL if trigger == "qemu"
-                  else operation == "stopped" or trigger == "nic-event")
+    never_fail = never_fails(trigger, argv)
     try:
         stdout, lines = _call(trigger, name, operation, data, call)
         return Answer(0, stdout, "\n".join(lines))
@@ -37,9 +42,9 @@ def run(trigger: str, argv: list[str], data: bytes) -> Answer:
         log.error("%s: %s", call, error)
         return Answer(0 if never_fail else error.exit_status, stderr=str(error))
     except Exception as error:  # the one catch-all of the hooks and NIC events
-        log.exception("%s: %s %s: internal error", call, subject, name)
+        log.exception("%s: %s: internal error", call, subject)
         return Answer(0 if never_fail else 1, stderr=one_line(
-            f"{subject} {name}: internal error in {call}: {type(error).__name__}: {error}"))
+            f"{subject}: internal error in {call}: {type(error).__name__}: {error}"))
 
 
 def _call(trigger: str, name: str, operation: str, data: bytes,

@@ -30,7 +30,7 @@ AGENT_SOCKET = "agent.sock"
 AGENT_TIMEOUT = 600.0  # a prepare may wait its turn at the host behind re-plugs
 
 QEMU_NOTHING_TO_DO = frozenset({"start", "started", "stopped"})
-QEMU_REWRITES_XML = frozenset({"migrate", "restore"})  # stdout replaces the domain XML
+QEMU_REWRITES_XML = frozenset({"migrate", "restore"})  # non-empty stdout replaces the XML
 QEMU_NEVER_FAIL = frozenset({"reconnect", "attach", "release"})  # failing hurts the guest
 QEMU_KNOWN = QEMU_NOTHING_TO_DO | QEMU_REWRITES_XML | QEMU_NEVER_FAIL | {"prepare"}
 NETWORK_OPERATIONS = frozenset({"start", "stopped"})
@@ -99,7 +99,9 @@ def _triage_qemu(argv: list[str], stdin) -> Answer | Work:
     data = stdin.read()
     if NAMESPACE.encode() in data or (operation == "release" and _has_record(data)):
         return Work(data)
-    return Answer(stdout=data if operation in QEMU_REWRITES_XML else b"")
+    # Nothing on stdout: for migrate and restore libvirt takes any output, even its own
+    # XML echoed, as a rewrite and marks the domain tainted ("hook-script").
+    return Answer()
 
 
 def _triage_network(argv: list[str], stdin) -> Answer | Work:
@@ -129,18 +131,38 @@ def _has_record(data: bytes) -> bool:
 
 # --- the agent's wire format: one JSON line, then that many bytes ------------------------
 
+MAX_PAYLOAD = 16 * 1024 * 1024  # domain XML is refused over 2 MiB; anything larger is garbage
+
+
+class GarbledMessage(ValueError):
+    """What came over the agent's socket is not a message."""
+
+
 def send_message(stream, header: dict, payload: bytes) -> None:
     stream.write(json.dumps({**header, "size": len(payload)}).encode() + b"\n" + payload)
     stream.flush()
 
 
 def read_message(stream) -> tuple[dict, bytes] | None:
+    """(header, payload), or None when the peer closed before sending anything."""
     line = stream.readline()
     if not line:
         return None
-    header = json.loads(line)
-    payload = stream.read(header["size"]) if header["size"] else b""
+    try:
+        header = json.loads(line)
+    except ValueError:
+        raise GarbledMessage("its header is not JSON") from None
+    size = header.get("size") if isinstance(header, dict) else None
+    if not isinstance(size, int) or not 0 <= size <= MAX_PAYLOAD:
+        raise GarbledMessage("its header has no valid size")
+    payload = stream.read(size) if size else b""
+    if len(payload) != size:
+        raise GarbledMessage(f"{len(payload)} of its {size} bytes came")
     return header, payload
+
+
+class AgentFailure(Exception):
+    """The agent took a call and gave no usable answer; str() says how."""
 
 
 def ask_agent(trigger: str, argv: list[str], data: bytes) -> Answer | None:
@@ -152,13 +174,25 @@ def ask_agent(trigger: str, argv: list[str], data: bytes) -> Answer | None:
     except OSError:
         connection.close()
         return None
-    with connection, connection.makefile("rwb") as stream:
-        send_message(stream, {"trigger": trigger, "argv": argv}, data)
-        reply = read_message(stream)
+    try:
+        with connection, connection.makefile("rwb") as stream:
+            send_message(stream, {"trigger": trigger, "argv": argv}, data)
+            reply = read_message(stream)
+    except socket.timeout:
+        raise AgentFailure(f"the kvmhooks agent gave no answer within "
+                           f"{AGENT_TIMEOUT:g} s") from None
+    except GarbledMessage as error:
+        raise AgentFailure(f"the kvmhooks agent's answer is garbled ({error})") from None
+    except OSError as error:
+        raise AgentFailure(f"the connection to the kvmhooks agent failed: "
+                           f"{error.strerror or error}") from None
     if reply is None:
-        return Answer(1, stderr=f"{trigger}: the kvmhooks agent closed the connection")
+        raise AgentFailure("the kvmhooks agent closed the connection without an answer")
     header, stdout = reply
-    return Answer(header["status"], stdout, header.get("stderr", ""))
+    status, stderr = header.get("status"), header.get("stderr", "")
+    if not isinstance(status, int) or isinstance(status, bool) or not isinstance(stderr, str):
+        raise AgentFailure("the kvmhooks agent's answer is garbled (no valid status)")
+    return Answer(status, stdout, stderr)
 
 
 # --- where no agent listens: the engine in this process --------------------------------
@@ -200,10 +234,35 @@ def main(argv: list[str]) -> int:
     else:
         answer = triage(argv[0], argv[1:], sys.stdin.buffer)
         if isinstance(answer, Work):
-            data = answer.data
-            answer = ask_agent(argv[0], argv[1:], data) or run_in_process(argv[0], argv[1:],
-                                                                          data)
+            answer = _work(argv[0], argv[1:], answer.data)
     return write_answer(answer, sys.stdout.buffer, sys.stderr)
+
+
+def _work(trigger: str, argv: list[str], data: bytes) -> Answer:
+    try:
+        return ask_agent(trigger, argv, data) or run_in_process(trigger, argv, data)
+    except Exception as error:  # the client's one catch-all: an agent that failed, a broken install
+        subject, call = describe_call(trigger, argv)
+        reason = str(error) if isinstance(error, AgentFailure) else \
+            f"cannot run the engine: {type(error).__name__}: {error}"
+        return Answer(0 if never_fails(trigger, argv) else 1,
+                      stderr=one_line(f"{subject}: {call}: {reason}"))
+
+
+def describe_call(trigger: str, argv: list[str]) -> tuple[str, str]:
+    """("domain web1", "qemu prepare") for the lines that name a call; argv as triaged."""
+    if trigger == "nic-event":
+        return f"NIC {argv[1]}", f"nic-event {argv[0]}"
+    noun = "domain" if trigger == "qemu" else "network"
+    return f"{noun} {argv[0]}", f"{trigger} {argv[1]}"
+
+
+def never_fails(trigger: str, argv: list[str]) -> bool:
+    """Calls whose failure would hurt more than it tells: a failed reconnect makes libvirt
+    kill the running guest; release, network stopped and NIC events have no one to refuse."""
+    if trigger == "qemu":
+        return argv[1] in QEMU_NEVER_FAIL
+    return trigger == "nic-event" or argv[1] == "stopped"
 
 
 def write_answer(answer: Answer, stdout, stderr) -> int:

@@ -85,15 +85,16 @@ def release(name: str, uuid: str, call: str) -> list[str]:
 
 
 def rewrite_for_host(xml: bytes, name_hint: str) -> bytes:
-    """The domain XML with native tagged interfaces written for this host."""
+    """The domain XML with native tagged interfaces written for this host, or nothing
+    when nothing changes: libvirt takes any output as a rewrite and taints the domain."""
     root, domain = read_domain(xml, name_hint)
     if not domain.tagged:
-        return xml
+        return b""
     config = config_module.load()
     with HostSession(f"domain {domain.name}") as session:
         plan = plan_sources(domain, config, session.scan(config))
     if not plan.sources:
-        return xml
+        return b""
     for change in plan.sources:
         log.info("domain %s: %s", domain.name, change.describe())
     return serialize(write_sources(root, plan.sources)).encode("utf-8")

@@ -4,6 +4,7 @@ native interfaces and prepare builds hook-owned ones on the new NIC."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 from lxml import etree
@@ -13,6 +14,7 @@ from tests.lab.domains import Iface, domain_xml
 from tests.lab.links import link_exists, link_info
 from tests.lab.names import guest_mac, pick_subnet, unique_name
 from tests.lab.nic import StandInNic
+from tests.lab.uplinks import lab_uplink
 from tests.lab.virt import define_and_start, live_interface, live_target
 
 pytestmark = pytest.mark.system
@@ -70,3 +72,21 @@ def test_migrate_hook_prints_one_rewritten_document(cleanup, kh_config):
         hook_owned.hook_owned_dev
     assert result.stderr == b""
     assert not link_exists("ktbr-remote"), "migrate begin must not build anything"
+
+
+@pytest.mark.parametrize("tagged", [False, True], ids=["untagged", "tagged-hook-owned"])
+def test_a_restore_with_nothing_to_rewrite_leaves_the_domain_untainted(
+        tagged, libvirt_conn, cleanup, kh_config, stand_in_nic, tmp_path):
+    # libvirt takes any output of the restore hook as a new XML and taints the domain.
+    up = lab_uplink(cleanup, stand_in_nic.name)
+    kh_config(up.table)
+    ifaces = [Iface(guest_mac(), "direct", up.name, "bridge")] if tagged else []
+    dom = define_and_start(libvirt_conn, domain_xml(
+        unique_name("kt-dom-"), ifaces, metadata=None if tagged else ""), cleanup)
+    image = str(tmp_path / "saved.img")
+    cleanup.add(lambda: os.path.exists(image) and os.unlink(image), _what="remove image")
+    dom.save(image)
+    libvirt_conn.restore(image)
+    assert libvirt_conn.lookupByName(dom.name()).isActive()
+    log = Path(f"/var/log/libvirt/qemu/{dom.name()}.log").read_text()
+    assert "tainted: hook-script" not in log

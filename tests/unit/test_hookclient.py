@@ -5,8 +5,13 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import socket
+import struct
+import subprocess
+import sys
 import threading
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -40,8 +45,8 @@ def test_calls_with_nothing_to_do_do_not_read_stdin(operation):
 def test_untagged_domains_need_no_engine():
     assert qemu("prepare", UNTAGGED) == Answer()
     assert qemu("release", UNTAGGED) == Answer()
-    assert qemu("migrate", UNTAGGED) == Answer(stdout=UNTAGGED)
-    assert qemu("restore", UNTAGGED) == Answer(stdout=UNTAGGED)
+    assert qemu("migrate", UNTAGGED) == Answer()  # any output would taint the domain
+    assert qemu("restore", UNTAGGED) == Answer()
 
 
 @pytest.mark.parametrize("operation", ["prepare", "release", "migrate", "restore",
@@ -138,3 +143,108 @@ def test_reconnect_attach_and_release_never_fail(data, operation, extra, tmp_pat
                 os.environ[key] = value
     assert status == 0
     assert len(err.getvalue().splitlines()) <= 1 and "Traceback" not in err.getvalue()
+
+
+# --- the agent failing under the client: never a traceback, never a killed guest ----------
+
+def _serve_once(path, behaviour):
+    """A stand-in agent on `path` that accepts one call, reads it, then misbehaves."""
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(1)
+
+    def run():
+        connection, _ = server.accept()
+        with connection:
+            stream = connection.makefile("rwb")
+            hookclient.read_message(stream)
+            behaviour(connection, stream)
+        server.close()
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def _close(connection, stream):
+    stream.close()
+
+
+def _reset(connection, stream):
+    connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+def _hang(connection, stream):
+    time.sleep(2)
+
+
+def _reply(raw: bytes):
+    def write(connection, stream):
+        stream.write(raw)
+        stream.flush()
+    return write
+
+
+AGENT_FAILURES = {
+    "closed": _close,
+    "reset": _reset,
+    "timeout": _hang,
+    "not-json": _reply(b"{status: 0\n"),
+    "no-status": _reply(b'{"stderr": "", "size": 0}\n'),
+    "status-not-a-number": _reply(b'{"status": "ok", "stderr": "", "size": 0}\n'),
+    "short-payload": _reply(b'{"status": 0, "stderr": "", "size": 100}\n<domain/>'),
+    "not-an-object": _reply(b'[0]\n'),
+}
+
+
+def _client(argv: list[str], data: bytes, monkeypatch) -> tuple[int, bytes, str]:
+    stdin = io.TextIOWrapper(io.BytesIO(data))
+    stdout = io.TextIOWrapper(io.BytesIO())
+    stderr = io.StringIO()
+    monkeypatch.setattr("sys.stdin", stdin)
+    monkeypatch.setattr("sys.stdout", stdout)
+    monkeypatch.setattr("sys.stderr", stderr)
+    status = hookclient.main(argv)
+    stdout.flush()
+    return status, stdout.buffer.getvalue(), stderr.getvalue()
+
+
+@pytest.mark.parametrize("failure", sorted(AGENT_FAILURES))
+@pytest.mark.parametrize("operation, status", [
+    ("reconnect", 0), ("attach", 0), ("release", 0),
+    ("prepare", 1), ("migrate", 1), ("restore", 1)])
+def test_an_agent_that_fails_costs_one_line_and_never_a_guest(failure, operation, status,
+                                                              tmp_path, monkeypatch):
+    # A failed reconnect makes libvirt kill the running guest; a traceback is no answer.
+    monkeypatch.setenv("KVMHOOKS_STATE_DIR", str(tmp_path))
+    monkeypatch.setattr(hookclient, "AGENT_TIMEOUT", 0.5)
+    thread = _serve_once(tmp_path / hookclient.AGENT_SOCKET, AGENT_FAILURES[failure])
+    code, stdout, stderr = _client(["qemu", "web1", operation, "begin", "-"], TAGGED,
+                                   monkeypatch)
+    thread.join(5)
+    assert (code, stdout) == (status, b"")
+    assert len(stderr.splitlines()) == 1 and stderr.startswith("kvmhooks: domain web1: "), \
+        stderr
+    assert "Traceback" not in stderr
+
+
+@pytest.mark.parametrize("operation, status", [
+    ("reconnect", 0), ("attach", 0), ("release", 0),
+    ("prepare", 1), ("migrate", 1), ("restore", 1)])
+def test_a_half_installed_package_costs_one_line_and_never_a_guest(operation, status,
+                                                                  tmp_path):
+    # The client alone, beside a package that lacks the engine, run by an interpreter
+    # that has no kvmhooks of its own: the import of the in-process fallback fails.
+    base_python = os.path.join(sys.base_prefix, "bin", "python3")
+    package = tmp_path / "kvmhooks"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    shutil.copy(hookclient.__file__, package / "hookclient.py")
+    (tmp_path / "state").mkdir()
+    result = subprocess.run(
+        [base_python, "-I", "-S", str(package / "hookclient.py"), "qemu", "web1",
+         operation, "begin", "-"], input=TAGGED, capture_output=True,
+        env={"KVMHOOKS_STATE_DIR": str(tmp_path / "state"), "PATH": os.environ["PATH"]})
+    stderr = result.stderr.decode()
+    assert (result.returncode, result.stdout) == (status, b""), stderr
+    assert len(stderr.splitlines()) == 1 and stderr.startswith("kvmhooks: domain web1: "), \
+        stderr

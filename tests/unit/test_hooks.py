@@ -49,11 +49,12 @@ def test_calls_with_nothing_to_do_import_nothing_heavy(trigger, name, operations
 
 
 @pytest.mark.parametrize("operation", ["migrate", "restore"])
-def test_untagged_domain_is_printed_unchanged_once(operation, capsys):
+def test_untagged_domain_gets_no_output(operation, capsys):
+    # libvirt takes any output, even its own XML echoed, as a rewrite and taints the domain.
     xml = domain_xml(native_bridge(MAC1, "br0")).encode()
     stdout = io.BytesIO()
     assert hook_call("qemu", ["web1", operation, "begin", "-"], io.BytesIO(xml), stdout) == 0
-    assert stdout.getvalue() == xml
+    assert stdout.getvalue() == b""
     assert capsys.readouterr().err == ""
 
 
@@ -77,13 +78,13 @@ def test_release_of_untagged_domain_without_record_does_nothing(tmp_path, monkey
     assert stdout.getvalue() == b"" and capsys.readouterr() == ("", "")
 
 
-def test_tagged_domain_without_native_changes_is_printed_unchanged(capsys):
+def test_tagged_domain_without_native_changes_gets_no_output(capsys):
     xml = domain_xml(native_bridge(MAC1, "br0")).replace(
         "<devices>", '<metadata><k:net xmlns:k="urn:kvmhooks:net:1"/></metadata><devices>')
     stdout = io.BytesIO()
     assert hook_call("qemu", ["web1", "restore", "begin", "-"], io.BytesIO(xml.encode()),
                      stdout) == 0
-    assert stdout.getvalue() == xml.encode()
+    assert stdout.getvalue() == b""
 
 
 def test_prepare_of_untagged_domain_does_nothing(capsys):
