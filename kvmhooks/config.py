@@ -82,7 +82,7 @@ def load(path: str | None = None) -> Config:
     path = path or config_path()
     try:
         with open(path, "rb") as stream:
-            _refuse_writable_by_others(path, os.fstat(stream.fileno()))
+            _refuse_untrusted(path, os.fstat(stream.fileno()))
             data = stream.read()
     except FileNotFoundError:
         raise ConfigError(path, "config file not found") from None
@@ -91,22 +91,58 @@ def load(path: str | None = None) -> Config:
     return parse(data, path)
 
 
-def _refuse_writable_by_others(path: str, info: os.stat_result) -> None:
-    """kvmhooks acts as root on what the config says: nobody but root may change it."""
-    directory = os.stat(os.path.dirname(os.path.abspath(path)))
-    for what, where, stat_result in (("config file", path, info),
-                                     ("directory", os.path.dirname(os.path.abspath(path)),
-                                      directory)):
-        sticky = stat.S_ISDIR(stat_result.st_mode) and stat_result.st_mode & stat.S_ISVTX
-        if stat_result.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not sticky:
-            raise ConfigError(path, f"{what} {where} is writable by others; kvmhooks "
-                              "refuses it (chmod go-w)")
+def _refuse_untrusted(path: str, info: os.stat_result) -> None:
+    """kvmhooks acts as root on what the config says: the file and every directory above
+    it (where it is, and where a link to it leads) must belong to root or to the user
+    kvmhooks runs as, and none may be writable by others. A sticky directory further up
+    (like /tmp) may be: there others cannot replace what is not theirs. The config's own
+    directory may not, sticky or not: others could have put the file there first."""
+    _refuse_changeable_by_others(path, "config file", path, info)
+    seen = set()
+    for start in (os.path.abspath(path), os.path.realpath(path)):
+        directory, own = os.path.dirname(start), True
+        while directory not in seen:
+            seen.add(directory)
+            try:
+                status = os.stat(directory)
+            except OSError as error:
+                raise ConfigError(path, f"directory {directory}: {error.strerror}") from None
+            sticky_above = not own and status.st_mode & stat.S_ISVTX
+            _refuse_changeable_by_others(path, "directory", directory, status, sticky_above)
+            directory, own = os.path.dirname(directory), False
+
+
+def _refuse_changeable_by_others(path: str, what: str, where: str, status: os.stat_result,
+                                 others_may_write: bool = False) -> None:
+    if status.st_uid not in (0, os.geteuid()):
+        raise ConfigError(path, f"{what} {where} belongs to uid {status.st_uid}, not to root; "
+                          "kvmhooks refuses it (chown root)")
+    if status.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not others_may_write:
+        raise ConfigError(path, f"{what} {where} is writable by others; kvmhooks refuses it "
+                          "(chmod go-w)")
 
 
 def load_if_present(path: str | None = None) -> Config | None:
     """The config, or None where the host has none (kvmhooks is not set up there)."""
     path = path or config_path()
-    return load(path) if os.path.lexists(path) else None
+    return load(path) if is_present(path) else None
+
+
+def is_present(path: str | None = None) -> bool:
+    return os.path.lexists(path or config_path())
+
+
+def names_network(name: str, path: str | None = None) -> bool:
+    """Whether the config file has a [network.NAME] table for this network, judged from
+    its text alone: a config that does not load fails only the networks it names."""
+    try:
+        with open(path or config_path(), "rb") as stream:
+            text = stream.read().decode("utf-8", "replace")
+    except OSError:
+        return False
+    header = re.compile(r'^\s*\[\s*network\s*\.\s*(["\']?)' + re.escape(name)
+                        + r"\1\s*\]", re.MULTILINE)
+    return header.search(text) is not None
 
 
 def parse(data: bytes, path: str) -> Config:

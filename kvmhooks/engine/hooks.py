@@ -8,7 +8,7 @@ import logging
 
 from .. import config as config_module
 from ..domain import Domain, read_domain
-from ..errors import ApplyError, SourceMismatch
+from ..errors import ApplyError, ConfigError, SourceMismatch
 from ..inventory import Inventory
 from ..network import NetworkDef
 from ..planner import (
@@ -101,8 +101,16 @@ def rewrite_for_host(xml: bytes, name_hint: str) -> bytes:
 
 
 def network_start(network: NetworkDef, call: str) -> Plan | None:
-    """Before a libvirt network named in the config starts: its devices, or a refusal."""
-    config = config_module.load_if_present()
+    """Before a libvirt network named in the config starts: its devices, or a refusal.
+    A config that does not load refuses only the networks its text names."""
+    try:
+        config = config_module.load_if_present()
+    except ConfigError as error:
+        if config_module.names_network(network.name):
+            raise
+        log.warning("network %s %s: not named in a config that does not load (%s); "
+                    "kvmhooks leaves it alone", network.name, call, error)
+        return None
     if config is None or network.name not in config.networks:
         return None
     with HostSession(f"network {network.name} {call}") as session, session.locked():
@@ -112,8 +120,9 @@ def network_start(network: NetworkDef, call: str) -> Plan | None:
 
 
 def network_stopped(network: NetworkDef, call: str) -> list[str]:
-    """After a network stopped: remove what kvmhooks created for it."""
-    if config_module.load_if_present() is None:
+    """After a network stopped: remove what kvmhooks created for it (found by its mark,
+    so a config that does not load changes nothing here)."""
+    if not config_module.is_present():
         return []
     with HostSession(f"network {network.name} {call}") as session, session.locked():
         return session.apply_best_effort(plan_network_stop(network.name, session.scan()).actions)

@@ -110,3 +110,17 @@ def test_networks_not_in_the_config_are_left_alone(libvirt_conn, cleanup, kh_con
         unique_name("kt-net-"), f"<forward mode='bridge'/><bridge name='{bridge}'/>"))
     assert network.isActive()
     assert link_info(stand_in_nic.name)["master"] is None
+
+
+@pytest.mark.parametrize("broken", ['brige = "x"\n', "nic = [\n"], ids=["typo", "syntax"])
+def test_a_broken_config_stops_only_the_networks_it_names(broken, libvirt_conn, cleanup,
+                                                          kh_config, stand_in_nic):
+    # A broken config fails only what kvmhooks acts on: libvirt's own networks start.
+    named, other = unique_name("kt-net-"), unique_name("kt-net-")
+    kh_config(lab_uplink(cleanup, stand_in_nic.name).table + broken
+              + f'\n[network.{named}]\nuplink = "lan"\n')
+    assert start_network(libvirt_conn, cleanup, network_xml(other, "")).isActive()
+    with pytest.raises(Exception) as refused:
+        start_network(libvirt_conn, cleanup, network_xml(named, ""))
+    assert "/etc/kvmhooks/kvmhooks.toml" in str(refused.value)
+    assert not libvirt_conn.networkLookupByName(named).isActive()

@@ -157,3 +157,22 @@ def test_malformed_hook_data_is_one_line(operation, sub, status, no_config, tmp_
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert err.startswith("kvmhooks: network host-bridge: malformed XML")
+
+
+@pytest.mark.parametrize("broken", ['[uplink.lan]\nnic = "eth1"\nbrige = "br-lan"\n',
+                                    '[uplink.lan]\nnic = [\n'], ids=["typo", "syntax"])
+@pytest.mark.parametrize("operation, sub", [("start", "begin"), ("stopped", "end")])
+def test_a_broken_config_fails_only_the_networks_it_names(broken, operation, sub, no_config,
+                                                          tmp_path, monkeypatch, capsys):
+    config = tmp_path / "kvmhooks.toml"
+    config.write_text(broken + '\n[network.host-bridge]\nuplink = "lan"\n')
+    monkeypatch.setenv("KVMHOOKS_CONFIG", str(config))
+    default = (b'<hookData><network><name>default</name><forward mode="nat"/>'
+               b'<bridge name="virbr0"/></network></hookData>')
+    assert hook_call("network", ["default", operation, sub, "-"], io.BytesIO(default)) == 0
+    assert capsys.readouterr() == ("", "")
+    status = hook_call("network", ["host-bridge", operation, sub, "-"], io.BytesIO(HOOK_DATA))
+    err = capsys.readouterr().err
+    assert status == (2 if operation == "start" else 0)
+    if operation == "start":
+        assert err.count("\n") == 1 and err.startswith(f"kvmhooks: {config}")
