@@ -174,29 +174,31 @@ def _lock_system_tests(config: pytest.Config, timeout: float = 900.0) -> Cleanup
 def _lab_leak_check(request):
     """In sessions that run system tests (as root): take the lab lock and
     clear kt... leftovers of interrupted runs first; at the end, error if this
-    run left links (kt*/kh*), namespaces (kt*) or domains (kt*) behind."""
-    has_system = any(item.get_closest_marker("system") for item in request.session.items)
-    lock = None
+    run left links (kt*/kh*), namespaces (kt*) or domains (kt*) behind. Other
+    sessions have nothing to check."""
+    # Only a session holding the lab lock owns what appears on the host meanwhile: a
+    # unit-only run beside a system run would blame itself for the other's devices (and
+    # would trip over the libvirtd that run restarts).
+    if not any(item.get_closest_marker("system") for item in request.session.items) \
+            or os.geteuid() != 0:
+        yield
+        return
     conn = _libvirt_for_leak_check()
-    if has_system and os.geteuid() == 0:
-        lock = _lock_system_tests(request.config)
-        removed = leaks.purge_stale(conn, leaks.snapshot(conn))
-        if removed:
-            _say(request.config,
-                 "\nlab: removed leftovers of an earlier test run: " + ", ".join(removed))
+    lock = _lock_system_tests(request.config)
+    removed = leaks.purge_stale(conn, leaks.snapshot(conn))
+    if removed:
+        _say(request.config,
+             "\nlab: removed leftovers of an earlier test run: " + ", ".join(removed))
     before = leaks.snapshot(conn)
     yield
     after = leaks.snapshot(conn)
     left = {k: sorted(after[k] - before[k]) for k in after if after[k] - before[k]}
     if conn is not None:
         conn.close()
-    # Only a session holding the lab lock owns what appears on the host meanwhile: a
-    # unit-only run beside a system run would blame itself for the other's devices.
-    if left and lock is not None:
+    if left:
         pytest.fail(
             "tests left these behind (every test must remove what it made): "
             + "; ".join(f"{k}: {', '.join(v)}" for k, v in left.items()),
             pytrace=False,
         )
-    if lock is not None:
-        lock.run()
+    lock.run()
