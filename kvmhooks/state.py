@@ -137,6 +137,17 @@ def write_record(uuid: str, record: dict) -> None:
     os.replace(temporary, path)
 
 
+def recorded_since(since_ns: int) -> set[str]:
+    """UUIDs of domains whose prepare wrote its record at or after since_ns (time.time_ns)."""
+    directory = os.path.join(state_dir(), "domains")
+    found = set()
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(directory):
+            if entry.name.endswith(".json") and entry.stat().st_mtime_ns >= since_ns:
+                found.add(entry.name[:-len(".json")])
+    return found
+
+
 def drop_record(uuid: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(_record_path(uuid))

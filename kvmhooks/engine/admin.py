@@ -4,7 +4,10 @@ host lock."""
 
 from __future__ import annotations
 
+import time
+
 from .. import config as config_module
+from .. import state
 from ..domain import (
     Attachment,
     Domain,
@@ -30,6 +33,8 @@ from ..status import InterfaceStatus, domain_status, orphan_status
 from ..xmlsafe import serialize
 from . import hooks
 from .session import HostSession
+
+RECORD_CLOCK_MARGIN_NS = 1_000_000_000
 
 
 def explain(name: str | None = None, xml_file: str | None = None) -> tuple[Domain, Plan]:
@@ -93,7 +98,8 @@ def bring_in_line(names: list[str]) -> tuple[list[str], list[KvmhooksError]]:
             except KvmhooksError as error:
                 errors.append(error)
         if not names:
-            lines += _remove_orphans(session, _running_uuids(session.virt))
+            listed_at = time.time_ns()
+            lines += _remove_orphans(session, _running_uuids(session.virt), listed_at)
     return lines, errors
 
 
@@ -125,12 +131,19 @@ def _domain_in_line(session: HostSession, dom, config) -> list[str]:
     return lines
 
 
-def _remove_orphans(session: HostSession, running_uuids: set[str]) -> list[str]:
+def _remove_orphans(session: HostSession, running_uuids: set[str],
+                    listed_at: int) -> list[str]:
     """Delete the per-guest devices of domains that do not run; returns what was done.
-    Under the host lock: a domain starting now is running already while its prepare
-    builds its devices."""
+
+    Which domains run is libvirt's to say, and libvirt is never asked under the host lock
+    (it may be waiting for a hook that waits for that lock). A domain that started after
+    the list was read has had its prepare, which writes the domain's record under the
+    lock: such a domain's devices are not orphans."""
     with session.locked():
-        plan = plan_orphans(session.scan(), running_uuids)
+        # File times come from the kernel's coarse clock: a second of margin errs on the
+        # side of keeping devices, which the next apply removes if they are orphans then.
+        started = state.recorded_since(listed_at - RECORD_CLOCK_MARGIN_NS)
+        plan = plan_orphans(session.scan(), running_uuids | started)
         failures = session.apply_best_effort(plan.actions)
     return [action.describe() for action in plan.actions] + failures
 
