@@ -10,12 +10,16 @@ interface and element concerned, tested below). The rewrites are the ones the fl
   (plan_sources, write_sources);
 - replug: `kvmhooks apply` and NIC events on a running guest (replugged_interface);
 - attach: `kvmhooks attach` (hook-owned), and attach-native: `kvmhooks attach --native`.
+
+Golden cases (golden/type-change/) say what each child of an interface whose meaning
+depends on its type does when kvmhooks changes the type: carried, dropped or refused.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import io
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,16 +30,13 @@ from lxml import etree
 from kvmhooks.domain import Attachment, domain_from_tree, domain_tree, read_domain
 from kvmhooks.errors import BadInput, KvmhooksError
 from kvmhooks.planner import plan_sources
-from kvmhooks.resolve import resolve, resolve_all, uplink_for
 from kvmhooks.rewrite import (
+    attach_interface,
     find_interface,
     replugged_interface,
     set_attachment,
-    set_hook_owned,
-    set_native,
     write_sources,
 )
-from kvmhooks.sources import wanted_source
 from kvmhooks.xmlsafe import parse, serialize
 
 from .builders import LAN, LAN_BRIDGE, Host, make_config
@@ -55,8 +56,9 @@ TAGS = {  # tag -> (its metadata entry without a MAC, the host config it is reso
 
 
 class LibvirtParser:
-    """libvirt's test driver on an empty node: it parses and validates domain XML as
-    libvirtd's drivers do, in this process. One connection for the whole run."""
+    """libvirt's test driver on an empty node, in this process: libvirt's own domain
+    parser and validation, which every driver runs before its own checks. One connection
+    for the whole run."""
 
     def __init__(self, node: Path):
         libvirt.registerErrorHandler(lambda _context, _error: None, None)
@@ -112,15 +114,7 @@ def replug(xml: str, attachment: Attachment, config) -> str:
 
 def attach(xml: str, attachment: Attachment, config, native: bool = False) -> str:
     root = domain_tree(xml)
-    set_attachment(root, attachment)
-    set_hook_owned(root, attachment.mac)
-    domain = domain_from_tree(root)
-    resolve_all(domain, config, INVENTORY)
-    if native:
-        entry = next(t for t in domain.tagged if t.mac == attachment.mac)
-        resolution = resolve(uplink_for(entry, domain, config), INVENTORY)
-        set_native(root, attachment.mac, wanted_source(entry, resolution))
-        domain_from_tree(root)
+    attach_interface(root, root.findtext("name"), attachment, native, config, INVENTORY)
     return serialize(root)
 
 
@@ -205,3 +199,75 @@ def test_restore_of_a_network_interface_with_a_floor_tagged_bridge_is_refused(
     assert err.count("\n") == 1
     assert err.startswith(f"kvmhooks: domain f14-60 interface {mac}: ")
     assert "<bandwidth><inbound floor>" in err
+
+
+# --- golden: what each child does when the type changes ----------------------------------------
+
+GOLDEN = Path(__file__).parent / "golden" / "type-change"
+REGEN = os.environ.get("KVMHOOKS_REGEN_GOLDEN") == "1"
+MAC = "52:54:00:6b:3c:01"
+ATTACH_CASES = {  # case -> (what `kvmhooks attach` is given, --native)
+    "attach-floor-hook-owned": (Attachment(MAC, "bridge", uplink="lan"), False),
+    "attach-virtualport-hook-owned": (
+        Attachment(MAC, "direct", uplink="lan", mode="private"), False),
+    "attach-isolated-native-bridge": (Attachment(MAC, "bridge", uplink="lan"), True),
+    "attach-hostdev-hook-owned": (Attachment(MAC, "bridge", uplink="lan"), False),
+    "attach-user-passt-hook-owned": (Attachment(MAC, "direct", uplink="lan", mode="bridge"),
+                                     False),
+}
+
+
+def golden_cases() -> list[str]:
+    return sorted(path.name[:-len("-in.xml")] for path in GOLDEN.glob("*-in.xml"))
+
+
+def rewritten(case: str, xml: bytes) -> str:
+    """The case's input as the restore hook (or, for attach-* cases, `kvmhooks attach`)
+    writes it on a host whose uplink 'lan' is eth1 (on bridge br-lan for type bridge)."""
+    root = parse(xml)
+    if case in ATTACH_CASES:
+        attachment, native = ATTACH_CASES[case]
+        attach_interface(root, case, attachment, native, config_for(attachment), INVENTORY)
+        return serialize(root)
+    domain = domain_from_tree(root)
+    plan = plan_sources(domain, config_for(domain.tagged[0].attachment), INVENTORY)
+    return serialize(write_sources(root, plan.sources))
+
+
+def config_for(attachment: Attachment):
+    """Type bridge takes an uplink with a bridge; macvtaps go on the NIC of one without."""
+    return make_config(LAN_BRIDGE if attachment.kind == "bridge" else LAN)
+
+
+def compare(path: Path, actual: str | None) -> None:
+    """actual: the expected file's text; None: the file must not exist."""
+    if REGEN:
+        if actual is None:
+            path.unlink(missing_ok=True)
+        else:
+            path.write_text(actual + "\n")
+    if actual is None:
+        assert not path.exists(), f"{path} should not exist (KVMHOOKS_REGEN_GOLDEN=1 removes)"
+    else:
+        assert actual + "\n" == path.read_text(), \
+            f"{path} differs (KVMHOOKS_REGEN_GOLDEN=1 rewrites)"
+
+
+@pytest.mark.parametrize("case", golden_cases())
+def test_type_change_golden(case, libvirt_parser):
+    """<case>-in.xml rewritten is <case>-out.xml, or refused with the one line in
+    <case>-refused.txt; libvirt accepts the output wherever it accepts the input."""
+    xml = (GOLDEN / f"{case}-in.xml").read_bytes()
+    try:
+        written, line = rewritten(case, xml), None
+    except KvmhooksError as error:
+        assert isinstance(error, BadInput)
+        written, line = None, str(error)
+    compare(GOLDEN / f"{case}-out.xml", written)
+    compare(GOLDEN / f"{case}-refused.txt", line)
+    if written is not None and libvirt_parser.refusal(xml.decode()) is None:
+        assert libvirt_parser.refusal(written) is None
+    if written is not None and case not in ATTACH_CASES:  # a second rewrite changes nothing
+        assert rewritten(case, written.encode()) == written
+    if line is not None:
+        assert line.startswith(f"domain {case} interface {MAC}: <")
