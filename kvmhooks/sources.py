@@ -1,5 +1,6 @@
 """A native interface's type and <source> (pure): read from domain XML, wanted on this
-host, compared, and written back.
+host, compared, and written back, with what the interface's other children may keep
+when its type changes.
 
 libvirt spells each interface type's source as attributes of <source>; the fields of each
 class below are those attribute names, so one declaration serves reading and writing.
@@ -8,13 +9,18 @@ class below are those attribute names, so one declaration serves reading and wri
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass, field, fields
 from typing import ClassVar
 
 from lxml import etree
 
 from .domain import TaggedInterface
+from .errors import MetadataError
+from .names import normalize_mac
 from .resolve import Resolution
+
+log = logging.getLogger("kvmhooks")
 
 # <interface type='direct'> without <source mode> is libvirt's vepa.
 LIBVIRT_DEFAULT_DIRECT_MODE = "vepa"
@@ -123,12 +129,130 @@ def source_change(tagged: TaggedInterface, resolution: Resolution | None) -> Sou
     return None if current == wanted else SourceChange(tagged.mac, current, wanted)
 
 
-def write_source(interface: etree._Element, source: Source) -> None:
-    """Give one <interface> element the type and <source> of source."""
-    if interface.get("type") != source.type:
-        interface.set("type", source.type)
-        # A target name libvirt chose for the old type means nothing for the new one.
-        remove_children(interface, "target")
+# --- what an interface keeps when its type changes --------------------------------------
+#
+# Some children of <interface> mean something for some types only, and libvirt refuses
+# them, or fails the start, on the others (libvirt 9.0 and later: its domain parser and
+# validation, which the test driver runs too, and the qemu driver's validation and start).
+# When kvmhooks gives an interface another type, or a macvtap another mode, each child below
+# goes along only where the new one carries it. Elsewhere it is dropped where it only meant
+# something for the old attachment, and the rewrite is refused where dropping it would
+# change what the guest gets: one line naming the domain, the MAC and the element.
+
+DROP, REFUSE = "drop", "refuse"
+
+
+@dataclass(frozen=True)
+class ChildRule:
+    xpath: str  # the children (or attributes) concerned, relative to <interface>
+    element: str  # how a line names them
+    carried_by: frozenset[str]  # types that take them ("direct MODE": that macvtap mode only)
+    otherwise: str  # DROP or REFUSE
+    why: str  # what they are, for the line
+
+
+def _types(*names: str) -> frozenset[str]:
+    return frozenset(names)
+
+
+CHILD_RULES = (
+    ChildRule("target", "<target>", _types(), DROP,
+              "the device name libvirt chose for the old type"),
+    # The port of the old attachment's switch (Open vSwitch, 802.1Qbg/Qbh, MidoNet); an
+    # untyped one is merged with a network's, and libvirt refuses it on any other type.
+    # kvmhooks' bridges are Linux bridges and its macvtaps join no managed switch.
+    ChildRule("virtualport", "<virtualport>", _types(), DROP,
+              "the old attachment's switch port"),
+    ChildRule("coalesce", "<coalesce>", _types("bridge", "network"), DROP,
+              "interrupt coalescing of a tap device (qemu refuses it elsewhere)"),
+    ChildRule("backend[@type='passt']", "<backend type='passt'>", _types("user"), DROP,
+              "user networking's backend"),
+    ChildRule("portForward", "<portForward>", _types("user"), DROP,
+              "user networking's port forwards"),
+    ChildRule("ip|route", "<ip>", _types("user"), DROP,
+              "the guest's address in user networking (qemu refuses it elsewhere)"),
+    ChildRule("driver[@name='vfio' or @name='kvm' or @name='xen']", "<driver name>",
+              _types("hostdev"), DROP, "a host device's driver"),
+    ChildRule("@managed", "<interface managed>", _types("hostdev"), DROP,
+              "whether libvirt detaches a host device from its host driver"),
+    ChildRule("bandwidth/inbound[@floor]", "<bandwidth><inbound floor>", _types("network"),
+              REFUSE, "a floor is a guaranteed share of a libvirt network's bandwidth (type "
+              "network only)"),
+    ChildRule("port[@isolated='yes']", "<port isolated='yes'>", _types("bridge", "network"),
+              REFUSE, "port isolation keeps the guest from the other isolated ports of a "
+              "Linux bridge (types bridge and network only)"),
+    ChildRule("vlan[@trunk='yes' or count(tag) > 1]", "<vlan trunk='yes'>",
+              _types("network"), REFUSE, "libvirt trunks the guest's VLANs on networks and "
+              "Open vSwitch ports only"),
+    ChildRule("vlan", "<vlan>", _types("network", "hostdev", "direct passthrough"), REFUSE,
+              "libvirt tags the guest's VLAN on networks, SR-IOV devices and Open vSwitch "
+              "ports only"),
+    ChildRule("mtu", "<mtu>", _types("network", "bridge", "ethernet", "vhostuser"), REFUSE,
+              "it is the guest's MTU, and qemu sets none on a macvtap"),
+    ChildRule("teaming[@type='transient']", "<teaming type='transient'>",
+              _types("network", "hostdev"), REFUSE,
+              "the guest's failover pair is an SR-IOV device (types network and hostdev "
+              "only)"),
+)
+
+
+def _kinds(interface_type: str, mode: str | None) -> frozenset[str]:
+    return _types(interface_type, f"{interface_type} {mode}") if mode else _types(interface_type)
+
+
+def _kind_text(interface_type: str, mode: str | None) -> str:
+    if interface_type == "ethernet":  # kvmhooks writes type ethernet in this form alone
+        return "the hook-owned form (type 'ethernet')"
+    return f"type '{interface_type}' mode '{mode}'" if mode else f"type '{interface_type}'"
+
+
+def _direct_mode(interface: etree._Element) -> str | None:
+    if interface.get("type") != "direct":
+        return None
+    source = interface.find("source")
+    mode = source.get("mode") if source is not None else None
+    return mode or LIBVIRT_DEFAULT_DIRECT_MODE
+
+
+def interface_mac(interface: etree._Element) -> str:
+    mac = interface.find("mac")
+    address = mac.get("address", "") if mac is not None else ""
+    return normalize_mac(address) or address
+
+
+def change_type(interface: etree._Element, interface_type: str, domain: str,
+                mode: str | None = None) -> None:
+    """Give an <interface> another type (or a direct one another mode, None: keep it),
+    with the children the new type carries: refuses (MetadataError, nothing changed) or
+    drops the others as CHILD_RULES say."""
+    old_mode = _direct_mode(interface)
+    if interface.get("type") == interface_type and (mode is None or mode == old_mode):
+        return
+    kinds = _kinds(interface_type, mode)
+    lost = [rule for rule in CHILD_RULES
+            if not rule.carried_by & kinds and interface.xpath(rule.xpath)]
+    mac = interface_mac(interface)
+    for rule in lost:
+        if rule.otherwise == REFUSE:
+            raise MetadataError(domain, f"{rule.element} cannot go with "
+                                f"{_kind_text(interface_type, mode)}: {rule.why}; remove "
+                                "it from the interface, or tag the interface with a type "
+                                "that carries it", mac)
+    for rule in lost:
+        for found in interface.xpath(rule.xpath):
+            if getattr(found, "is_attribute", False):
+                del found.getparent().attrib[found.attrname]
+            else:
+                found.getparent().remove(found)
+        log.info("domain %s interface %s: %s dropped: %s does not carry it: %s",
+                 domain, mac, rule.element, _kind_text(interface_type, mode), rule.why)
+    interface.set("type", interface_type)
+
+
+def write_source(interface: etree._Element, source: Source, domain: str) -> None:
+    """Give one <interface> element the type and <source> of source; domain names it in
+    a refusal."""
+    change_type(interface, source.type, domain, getattr(source, "mode", None))
     old = interface.find("source")
     new = etree.Element("source", source.attributes())
     if old is not None:

@@ -8,27 +8,16 @@ import time
 
 from .. import config as config_module
 from .. import state
-from ..domain import (
-    Attachment,
-    Domain,
-    domain_from_tree,
-    domain_tree,
-    parse_domain,
-    read_domain,
-)
+from ..domain import Attachment, Domain, domain_tree, parse_domain, read_domain
 from ..errors import KvmhooksError, UsageError
 from ..planner import Plan, plan_orphans, plan_prepare, plan_sources
-from ..resolve import resolve, resolve_all, uplink_for
 from ..rewrite import (
+    attach_interface,
     find_interface,
     replugged_interface,
     retargeted_interface,
-    set_attachment,
-    set_hook_owned,
-    set_native,
     write_sources,
 )
-from ..sources import wanted_source
 from ..status import InterfaceStatus, domain_status, orphan_status
 from ..xmlsafe import serialize
 from . import hooks
@@ -67,16 +56,7 @@ def attach(name: str, attachment: Attachment, native: bool) -> None:
     with HostSession(f"domain {name} attach") as session:
         virt = session.virt
         root = domain_tree(virt.definition(virt.domain(name)), name)
-        set_attachment(root, attachment)
-        set_hook_owned(root, attachment.mac)
-        domain = domain_from_tree(root, name)
-        inventory = session.scan(config)
-        resolve_all(domain, config, inventory)
-        if native:
-            tagged = next(t for t in domain.tagged if t.mac == attachment.mac)
-            resolution = resolve(uplink_for(tagged, domain, config), inventory)
-            set_native(root, attachment.mac, wanted_source(tagged, resolution))
-            domain_from_tree(root, name)
+        attach_interface(root, name, attachment, native, config, session.scan(config))
         virt.define(name, serialize(root))
 
 

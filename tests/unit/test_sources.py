@@ -54,14 +54,14 @@ def live(xml: str) -> etree._Element:
 
 def test_write_source_keeps_the_target_of_the_same_type():
     element = live(interface(MAC1, "bridge", {"bridge": "br0"}, {"dev": "vnet0"}))
-    write_source(element, BridgeSource("br-lan"))
+    write_source(element, BridgeSource("br-lan"), "web1")
     assert element.find("source").attrib == {"bridge": "br-lan"}
     assert element.find("target").get("dev") == "vnet0"
 
 
 def test_write_source_of_another_type_drops_the_target():
     element = live(interface(MAC1, "bridge", {"bridge": "br0"}, {"dev": "vnet0"}))
-    write_source(element, DirectSource("eth1", "bridge"))
+    write_source(element, DirectSource("eth1", "bridge"), "web1")
     assert element.get("type") == "direct" and element.find("target") is None
     assert list(element.find("source").attrib.items()) == [("dev", "eth1"), ("mode", "bridge")]
 
