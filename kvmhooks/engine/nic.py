@@ -160,8 +160,8 @@ def watch() -> None:
     """The same handler driven by a udev monitor, for hosts without the rule."""
     from ..udev import net_events
     log.info("watching NIC events")
-    for action, ifname, devtype in net_events():
-        if action in ("add", "move", "remove") and is_candidate(ifname, devtype):
+    for action, ifname, _devtype in net_events():
+        if action in ("add", "move", "remove") and is_candidate(ifname):
             try:
                 for line in handle(action, ifname):
                     log.info("%s", line)
