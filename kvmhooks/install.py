@@ -99,6 +99,11 @@ NOT_A_UNIT_NAME_GLOB = "*[!A-Za-z0-9_.-]*"  # ':' is no part of an interface nam
 START_SERVICE = ("/usr/bin/systemctl --no-block start "
                  "kvmhooks-nic@$env{ACTION}:%k:$env{SEQNUM}.service")
 
+# Type=oneshot has no start timeout unless one is set. The handler bounds each of its
+# own waits (every libvirt call, the detach, libvirt's return), and may wait for one
+# other handler's turn before its own: this is the backstop above both.
+NIC_EVENT_TIMEOUT = 600
+
 NIC_UNIT_TEMPLATE = """\
 [Unit]
 Description=kvmhooks: bring back what lives on a NIC after its event (%i)
@@ -109,6 +114,7 @@ CollectMode=inactive-or-failed
 [Service]
 Type=oneshot
 ExecStart={command} nic-event %i
+TimeoutStartSec={timeout}
 """
 
 AGENT_SOCKET_TEXT = """\
@@ -151,7 +157,7 @@ def rule_text(layout: Layout) -> str:
 
 
 def nic_unit_text(layout: Layout) -> str:
-    return NIC_UNIT_TEMPLATE.format(command=layout.command)
+    return NIC_UNIT_TEMPLATE.format(command=layout.command, timeout=NIC_EVENT_TIMEOUT)
 
 
 def planned_files(layout: Layout) -> list[InstalledFile]:

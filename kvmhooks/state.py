@@ -53,9 +53,11 @@ def host_lock():
 
 @contextlib.contextmanager
 def nic_event_lock(ifname: str):
-    """Serializes NIC event handlers among themselves, collapsing bursts: while one
-    handler for ifname waits, later ones for the same NIC leave at once (yielding False),
-    since the waiting one will look at the host after their event happened.
+    """Serializes the guests' part of NIC event handlers (taps, re-plugs) among
+    themselves, collapsing bursts: while one handler for ifname waits, later ones for the
+    same NIC leave at once (yielding False), since the waiting one will look at the host
+    after their event happened. Only handlers of an uplink's NIC take it, after they
+    repaired its shared devices; what they do while they hold it is bounded.
 
     It is not the host lock: a handler calls libvirt, and libvirt may be waiting for a
     hook that waits for the host lock. Handlers take the host lock only around their

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -132,3 +133,16 @@ def test_rule_ignores_no_device_type(devtype):
         assert event_command(rule, unit, "add", "ens32.100", 1, systemd=systemd,
                              devtype=devtype) is not None
 
+
+def test_nic_unit_gives_up_only_after_the_handlers_own_bounds():
+    # Type=oneshot has no start timeout unless one is set; the handler bounds each of
+    # its waits, and a handler may wait for one other handler's turn before its own.
+    _, unit = _shipped()
+    timeouts = re.findall(r"^TimeoutStartSec=(\d+)$", unit, re.MULTILINE)
+    assert len(timeouts) == 1, "the NIC unit sets no TimeoutStartSec"
+    from kvmhooks import virt
+    from kvmhooks.engine import nic
+    listing = 3 * virt.CALL_TIMEOUT  # connect, list domains, one domain's XML at worst
+    replug = 3 * virt.CALL_TIMEOUT + virt.DETACH_TIMEOUT + virt.CALL_TIMEOUT
+    one_turn = nic.LIBVIRT_WAIT + listing + replug
+    assert int(timeouts[0]) >= 2 * one_turn
