@@ -4,8 +4,9 @@ process) and by `kvmhooks watch`.
 
 This runs outside any hook, so it may call libvirt: a guest whose macvtap died with its
 NIC only comes back through a live detach and attach of its interface. It never calls
-libvirt while it holds the host lock, and nothing it waits for is unbounded: libvirt
-calls and the detach (virt.py), libvirt's return (LIBVIRT_WAIT).
+libvirt while it holds the host lock, and bounds every wait of its own: each libvirt call
+and the detach (virt.py), libvirt's return (LIBVIRT_WAIT); so the locks it waits for are
+held for a bounded time too.
 """
 
 from __future__ import annotations
