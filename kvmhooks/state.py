@@ -142,3 +142,9 @@ def write_record(uuid: str, record: dict) -> None:
 def drop_record(uuid: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(_record_path(uuid))
+
+
+def has_record(uuid: str) -> bool:
+    """Whether the domain's prepare built what it needs and its release has not run:
+    under the host lock, whether it runs as far as kvmhooks is concerned."""
+    return bool(uuid) and os.path.exists(record_path(_file_name("domain UUID", uuid)))

@@ -206,6 +206,11 @@ def _reconnect_guests(session: HostSession, ifname: str, config: Config) -> list
         for guest in guests:
             subject = f"domain {guest.domain.name} {context}"
             try:
+                if not state.has_record(guest.domain.uuid):
+                    # Stopped since libvirt said it ran (its release removed its devices),
+                    # or still in its prepare, which builds them: devices rebuilt now
+                    # would outlive it.
+                    continue
                 plan, replugs = plan_reconnect(guest.domain, affected, config, inventory,
                                                guest.unplugged)
                 done = session.apply(plan.actions, subject)
