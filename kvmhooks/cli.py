@@ -10,6 +10,10 @@ import sys
 from . import config as config_module
 from .domain import DIRECT_MODES, Attachment
 from .errors import KvmhooksError, UsageError
+
+# hookclient.py runs alone under `python3 -I -S` and checks NIC events too: their actions
+# live there.
+from .hookclient import NIC_ACTIONS
 from .names import ifname_problem, normalize_mac
 
 
@@ -72,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     nic_event = commands.add_parser("nic-event", help="what the udev rule runs for a NIC")
     nic_event.add_argument("event", nargs="+", metavar="ACTION IFNAME",
                            help="add, move or remove, and the interface name (or the "
-                                "systemd instance ACTION:IFNAME[:SEQNUM])")
+                                "unit's instance ACTION:IFNAME[:SEQNUM], as it is)")
     nic_event.set_defaults(run=_nic_event)
 
     watch = commands.add_parser("watch", help="handle NIC events from a udev monitor")
@@ -109,15 +113,25 @@ def _install(args) -> int:
 
 def _nic_event(args) -> int:
     from .engine.nic import handle
-    words = args.event[0].split(":") if len(args.event) == 1 else args.event
-    if len(words) not in (2, 3) or words[0] not in ("add", "move", "remove"):
-        raise UsageError("nic-event takes ACTION IFNAME (ACTION: add, move or remove)")
-    action, ifname = words[0], words[1]
+    action, ifname = _nic_event_words(args.event)
     if problem := ifname_problem(ifname):
         raise UsageError(f"nic-event: interface name {problem}")
     for line in handle(action, ifname):
         print(line)
     return 0
+
+
+def _nic_event_words(event: list[str]) -> tuple[str, str]:
+    """ACTION IFNAME, or the unit's instance verbatim, ACTION:IFNAME[:SEQNUM] (an
+    interface name holds no ':')."""
+    words = event
+    if len(event) == 1:
+        words = event[0].split(":")
+        if len(words) == 3 and words[2].isdigit():
+            words = words[:2]
+    if len(words) != 2 or words[0] not in NIC_ACTIONS:
+        raise UsageError("nic-event takes ACTION IFNAME (ACTION: add, move or remove)")
+    return words[0], words[1]
 
 
 def _agent(args) -> int:

@@ -87,6 +87,10 @@ class HostError(KvmhooksError):
     """The kernel or libvirt refused a change."""
 
 
+class LibvirtUnavailable(HostError):
+    """libvirt cannot be reached, closed the connection, or did not answer in time."""
+
+
 class ApplyError(KvmhooksError):
     """A step of a plan failed; the message says which, and what could not be undone."""
 

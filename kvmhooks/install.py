@@ -12,7 +12,7 @@ import os
 import sys
 from dataclasses import dataclass
 
-from .names import IGNORED_DEVTYPES, IGNORED_NAME_GLOBS
+from .names import IGNORED_NAME_GLOBS, REFUSED_NAME_GLOB
 
 HOOK_PATH = "etc/libvirt/hooks/{kind}.d/kvmhooks"
 RULE_PATH = "usr/lib/udev/rules.d/90-kvmhooks.rules"
@@ -73,32 +73,48 @@ MACAddressPolicy=none
 # The rule only starts the work: through the service where systemd runs; elsewhere
 # through hookclient.py, which hands the event to the agent or handles it in a detached
 # process. Each event gets its own service instance (SEQNUM), and the handler collapses
-# bursts itself. kvmhooks' own devices, libvirt's taps and macvtaps and bridges never
-# are uplink NICs: ignoring them keeps our own work from making events.
+# bursts itself. Devices whose names kvmhooks or libvirt give their own never are uplink
+# NICs: ignoring them keeps our own work from making events. No device type is ignored:
+# an uplink's NIC may be a VLAN, a bond or a bridge.
+#
+# The unit takes its instance verbatim (%i): unescaping it (%I) would turn a '-' of the
+# name into '/'. systemd carries letters, digits and ':_.-' in a unit name as they are
+# (udev cannot escape the others): a name with '+' goes through hookclient.py and the
+# agent even where systemd runs.
 RULE_TEMPLATE = """\
 # kvmhooks: a NIC that appears, is renamed or goes away -> `kvmhooks nic-event`.
 ACTION!="add|move|remove", GOTO="kvmhooks_end"
 SUBSYSTEM!="net", GOTO="kvmhooks_end"
+# kvmhooks' and libvirt's own devices, loopback, and names kvmhooks refuses
 KERNEL=="{ignored_names}", GOTO="kvmhooks_end"
-ENV{{DEVTYPE}}=="{ignored_devtypes}", GOTO="kvmhooks_end"
-TEST=="/run/systemd/system", \\
+# names systemd carries in a unit name as they are
+TEST=="/run/systemd/system", KERNEL!="{not_unit_name}", \\
   RUN+="{start_service}", \\
   GOTO="kvmhooks_end"
 RUN+="{interpreter} -I -S {client} nic-event $env{{ACTION}} %k"
 LABEL="kvmhooks_end"
 """
 
+NOT_A_UNIT_NAME_GLOB = "*[!A-Za-z0-9_.-]*"  # ':' is no part of an interface name
 START_SERVICE = ("/usr/bin/systemctl --no-block start "
                  "kvmhooks-nic@$env{ACTION}:%k:$env{SEQNUM}.service")
 
+# Type=oneshot has no start timeout unless one is set. The handler bounds each of its
+# own waits (every libvirt call, the detach, libvirt's return), and may wait for one
+# other handler's turn before its own: this is the backstop above both.
+NIC_EVENT_TIMEOUT = 600
+
 NIC_UNIT_TEMPLATE = """\
 [Unit]
-Description=kvmhooks: bring back what lives on a NIC after its event (%I)
+Description=kvmhooks: bring back what lives on a NIC after its event (%i)
 After=libvirtd.service virtqemud.service virtnetworkd.service kvmhooks-agent.socket
+# An instance per event (ACTION:IFNAME:SEQNUM): none stays behind, failed or not.
+CollectMode=inactive-or-failed
 
 [Service]
 Type=oneshot
-ExecStart={command} nic-event %I
+ExecStart={command} nic-event %i
+TimeoutStartSec={timeout}
 """
 
 AGENT_SOCKET_TEXT = """\
@@ -135,8 +151,13 @@ class InstalledFile:
 def rule_text(layout: Layout) -> str:
     return RULE_TEMPLATE.format(interpreter=layout.interpreter, client=layout.client,
                                 start_service=START_SERVICE,
-                                ignored_names="|".join(IGNORED_NAME_GLOBS),
-                                ignored_devtypes="|".join(IGNORED_DEVTYPES))
+                                ignored_names="|".join((*IGNORED_NAME_GLOBS,
+                                                        REFUSED_NAME_GLOB)),
+                                not_unit_name=NOT_A_UNIT_NAME_GLOB)
+
+
+def nic_unit_text(layout: Layout) -> str:
+    return NIC_UNIT_TEMPLATE.format(command=layout.command, timeout=NIC_EVENT_TIMEOUT)
 
 
 def planned_files(layout: Layout) -> list[InstalledFile]:
@@ -145,7 +166,7 @@ def planned_files(layout: Layout) -> list[InstalledFile]:
         InstalledFile(HOOK_PATH.format(kind="qemu"), QEMU_HOOK.format(**hook), 0o755),
         InstalledFile(HOOK_PATH.format(kind="network"), NETWORK_HOOK.format(**hook), 0o755),
         InstalledFile(RULE_PATH, rule_text(layout), 0o644),
-        InstalledFile(NIC_UNIT_PATH, NIC_UNIT_TEMPLATE.format(command=layout.command), 0o644),
+        InstalledFile(NIC_UNIT_PATH, nic_unit_text(layout), 0o644),
         InstalledFile(AGENT_SOCKET_PATH, AGENT_SOCKET_TEXT, 0o644),
         InstalledFile(AGENT_SERVICE_PATH,
                       AGENT_SERVICE_TEMPLATE.format(command=layout.command), 0o644),

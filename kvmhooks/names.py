@@ -12,11 +12,16 @@ from .hookclient import IFNAME
 IFNAMSIZ_MAX = 15  # the kernel's IFNAMSIZ (16) less the terminating NUL
 MARK_PREFIX = "kvmhooks:"
 
-# Devices that are never an uplink's NIC: kvmhooks' own (kh*), libvirt's taps and
-# macvtaps, its NAT bridges, loopback, and any bridge or VLAN. NIC events on them are
-# ignored, by the udev rule and by `kvmhooks watch` alike, so our own work makes none.
-IGNORED_NAME_GLOBS = ("kh*", "vnet*", "macvtap*", "virbr*", "lo")
-IGNORED_DEVTYPES = ("bridge", "vlan")
+# The names kvmhooks and libvirt give their own devices, as shell globs: hook-owned guest
+# devices (`kh` and a MAC's 12 hex digits, see hook_owned_name), shims (`kh-UPLINK`),
+# libvirt's taps, macvtaps and NAT bridges (vnetN, macvtapN, virbrN and virbrN-nic), and
+# loopback. They are never an uplink's NIC: NIC events on them are ignored, by the udev
+# rule and by `kvmhooks watch` alike, so our own work makes none. Nothing else is, whatever
+# its name or type: an uplink may name any NIC, a VLAN (`ens32.100`), a bond or a bridge.
+IGNORED_NAME_GLOBS = ("kh" + "[0-9a-f]" * 12, "kh-*", "vnet[0-9]*", "macvtap[0-9]*",
+                      "virbr[0-9]*", "lo")
+# A name with a character kvmhooks refuses (see IFNAME), as a shell glob.
+REFUSED_NAME_GLOB = "*[!A-Za-z0-9_.+-]*"
 
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
@@ -36,10 +41,10 @@ def ifname_problem(name: str) -> str | None:
     return None
 
 
-def is_candidate(ifname: str, devtype: str | None) -> bool:
+def is_candidate(ifname: str) -> bool:
     """Whether a udev event on this interface can concern an uplink (the rule file
-    applies the same filter, from the same lists, before it starts anything)."""
-    return bool(ifname) and devtype not in IGNORED_DEVTYPES and \
+    applies the same filter, from the same globs, before it starts anything)."""
+    return ifname_problem(ifname) is None and \
         not any(fnmatch.fnmatchcase(ifname, glob) for glob in IGNORED_NAME_GLOBS)
 
 

@@ -53,9 +53,11 @@ def host_lock():
 
 @contextlib.contextmanager
 def nic_event_lock(ifname: str):
-    """Serializes NIC event handlers among themselves, collapsing bursts: while one
-    handler for ifname waits, later ones for the same NIC leave at once (yielding False),
-    since the waiting one will look at the host after their event happened.
+    """Serializes the guests' part of NIC event handlers (taps, re-plugs) among
+    themselves, collapsing bursts: while one handler for ifname waits, later ones for the
+    same NIC leave at once (yielding False), since the waiting one will look at the host
+    after their event happened. Only handlers of an uplink's NIC take it, after they
+    repaired its shared devices; what they do while they hold it is bounded.
 
     It is not the host lock: a handler calls libvirt, and libvirt may be waiting for a
     hook that waits for the host lock. Handlers take the host lock only around their
@@ -151,3 +153,9 @@ def recorded_since(since_ns: int) -> set[str]:
 def drop_record(uuid: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(_record_path(uuid))
+
+
+def has_record(uuid: str) -> bool:
+    """Whether the domain's prepare built what it needs and its release has not run:
+    under the host lock, whether it runs as far as kvmhooks is concerned."""
+    return bool(uuid) and os.path.exists(record_path(_file_name("domain UUID", uuid)))

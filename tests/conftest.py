@@ -100,9 +100,10 @@ def _fail_setup(reason: str) -> None:
     pytest.fail(f"system test lab not ready: {reason}. Run `make setup` (as root).", pytrace=False)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def libvirt_conn():
-    """A read-write connection to qemu:///system.  Fails (does not skip) when
+    """A read-write connection to qemu:///system, one per test (a test may restart
+    libvirtd, which closes its connections).  Fails (does not skip) when
     not root, libvirtd is unreachable, the hooks are missing, or libvirtd
     started before the hooks were (re)installed."""
     if os.geteuid() != 0:
@@ -190,7 +191,10 @@ def _lab_leak_check(request):
         _say(request.config,
              "\nlab: removed leftovers of an earlier test run: " + ", ".join(removed))
     before = leaks.snapshot(conn)
+    if conn is not None:
+        conn.close()
     yield
+    conn = _libvirt_for_leak_check()  # a test may have restarted libvirtd meanwhile
     after = leaks.snapshot(conn)
     left = {k: sorted(after[k] - before[k]) for k in after if after[k] - before[k]}
     if conn is not None:

@@ -12,7 +12,10 @@ One module per job; import the module you need (this file imports nothing, so th
 - ``virt``: libvirt connection, define / start / destroy / undefine, live XML
 - ``guest``: booting TCG guests that ping and report over their serial console
 - ``lock``: the lab lock that system tests, the demo and the benchmark share
-- ``daemons``: the kvmhooks agent, udev NIC-event handlers, libvirtd's start time
+- ``daemons``: the kvmhooks agent, udev NIC-event handlers, libvirtd (its start time;
+  stopped and started again), a guest's qemu frozen
+- ``ruleflow``: what the udev rule and the NIC unit make of a NIC event, systemd's
+  escaping included
 - ``logcapture``: what kvmhooks logs to /dev/log
 - ``commands``: the kvmhooks command line, the installed hooks, the state records
 - ``config``: writing /etc/kvmhooks/kvmhooks.toml and putting the old one back

@@ -1,20 +1,24 @@
 """The daemons the lab runs beside the tests: the kvmhooks agent (stop, start, its PID),
-udev's NIC-event handlers (wait until they are done), and libvirtd's start time (did it
-start after the hooks were written, so that it runs them)."""
+udev's NIC-event handlers (wait until they are done), libvirtd (its start time: did it
+start after the hooks were written, so that it runs them; stopped and started again, as
+a daemon restart does), and a guest's qemu process (frozen, so that libvirt calls that
+need its monitor hang)."""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
-from .cleanup import remove_file
+from .cleanup import Cleanup, remove_file
 from .wait import wait_for
 
 AGENT_PIDFILE = Path("/run/kvmhooks-agent.pid")  # written by scripts/lab-setup too
 AGENT_SOCKET = Path("/run/kvmhooks/agent.sock")
 LIBVIRTD_PIDFILE = Path("/run/libvirtd.pid")
+LIBVIRT_URI = "qemu:///system"
 
 
 # --- the kvmhooks agent ---------------------------------------------------------------
@@ -111,3 +115,48 @@ def daemon_started_after(path: Path | str, pidfile: Path | str = LIBVIRTD_PIDFIL
     except (OSError, ValueError, StopIteration, IndexError):
         return None
     return started + 1.0 >= changed
+
+
+def libvirtd_pid() -> int | None:
+    """The running libvirtd's PID, or None."""
+    try:
+        pid = int(LIBVIRTD_PIDFILE.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return None if _gone(pid) else pid
+
+
+def stop_libvirtd(cleanup: Cleanup) -> None:
+    """Stop libvirtd as a restart of the daemon begins (its guests' qemu processes keep
+    running); it is started again at cleanup unless the test did so first."""
+    pid = libvirtd_pid()
+    assert pid is not None, "the lab runs libvirtd (scripts/lab-setup starts it)"
+    cleanup.add(start_libvirtd, _what="start libvirtd again")
+    os.kill(pid, signal.SIGTERM)
+    wait_for(lambda: _gone(pid), 30, what=f"libvirtd {pid} to stop")
+
+
+def start_libvirtd() -> None:
+    """Start libvirtd as scripts/lab-setup does, unless it runs; returns once it answers
+    (it reconnects to the running guests first, running their reconnect hooks)."""
+    if libvirtd_pid() is None:
+        os.makedirs("/run/libvirt", exist_ok=True)
+        subprocess.run(["libvirtd", "-d"], check=True)
+    wait_for(lambda: subprocess.run(["virsh", "-c", LIBVIRT_URI, "version"],
+                                    capture_output=True).returncode == 0,
+             30, what="libvirtd to answer")
+
+
+# --- a guest's qemu -------------------------------------------------------------------
+
+def qemu_pid(domain: str) -> int:
+    """The PID of a running domain's qemu process."""
+    return int(Path(f"/run/libvirt/qemu/{domain}.pid").read_text().strip())
+
+
+def freeze_qemu(cleanup: Cleanup, domain: str) -> None:
+    """Stop the domain's qemu process (SIGSTOP): its monitor answers nothing, so every
+    libvirt call that needs it (a device detach or attach) hangs; it goes on at cleanup."""
+    pid = qemu_pid(domain)
+    cleanup.add(os.kill, pid, signal.SIGCONT, _what=f"let qemu {pid} of {domain} go on")
+    os.kill(pid, signal.SIGSTOP)

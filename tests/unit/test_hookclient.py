@@ -82,7 +82,9 @@ def test_network_hook_work_is_start_and_stopped_only():
 @pytest.mark.parametrize("argv, ok", [
     (["add", "eth0"], True), (["remove", "ens32"], True), (["move", "eno1"], True),
     (["plug", "eth0"], False), (["add"], False), (["add", "../eth0"], False),
-    (["add", "a-name-much-too-long"], False), (["add", "eth0", "x"], False)])
+    (["add", "a-name-much-too-long"], False), (["add", "eth0", "x"], False),
+    (["add", "lan-nic"], True), (["add", "ens32.100"], True), (["add", "a+b"], True),
+    (["move", "x_y-z.1+2"], True), (["add", "a b"], False), (["add", "a:b"], False)])
 def test_nic_events_are_checked_before_anything_runs(argv, ok):
     answer = triage("nic-event", argv, io.BytesIO())
     assert isinstance(answer, Work) == ok

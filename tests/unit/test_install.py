@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import re
-from fnmatch import fnmatchcase
 from pathlib import Path
 
+import pytest
+
 from kvmhooks import install
-from kvmhooks.names import IGNORED_DEVTYPES, IGNORED_NAME_GLOBS, is_candidate
+from kvmhooks.names import is_candidate
+from tests.lab.ruleflow import event_command
 
 REPO = Path(__file__).resolve().parents[2]
 QEMU_HOOK = "etc/libvirt/hooks/qemu.d/kvmhooks"
@@ -89,34 +91,58 @@ def test_install_renders_commands_for_its_layout(tmp_path):
     assert ('RUN+="/opt/venv/bin/python -I -S /opt/venv/src/kvmhooks/hookclient.py '
             'nic-event $env{ACTION} %k"') in rule
     unit = (tmp_path / install.NIC_UNIT_PATH).read_text()
-    assert "ExecStart=/opt/venv/bin/python -I -m kvmhooks nic-event %I" in unit
+    # %i: the instance verbatim (%I would turn a '-' of the NIC's name into '/')
+    assert "ExecStart=/opt/venv/bin/python -I -m kvmhooks nic-event %i" in unit
     agent = (tmp_path / install.AGENT_SERVICE_PATH).read_text()
     assert "ExecStart=/opt/venv/bin/python -I -m kvmhooks agent" in agent
     network = (tmp_path / "etc/libvirt/hooks/network.d/kvmhooks").read_text()
     assert 'case "$2" in start|stopped) ;; *) exit 0 ;; esac' in network
 
 
-# --- the udev rule's filter and nic.is_candidate say the same -----------------------------
+# --- the udev rule's filter and names.is_candidate say the same -----------------------------
 
-def _rule_list(key: str) -> list[str]:
-    rule = install.rule_text(install.RPM_LAYOUT)
-    found = re.findall(r"^" + re.escape(key) + r'=="([^"]*)", GOTO="kvmhooks_end"$', rule,
-                       re.MULTILINE)
-    assert len(found) == 1, f"one {key}== line expected in the rule"
-    return found[0].split("|")
-
-
-def test_rule_kernel_names_are_the_ignored_names():
-    patterns = _rule_list("KERNEL")
-    assert patterns == list(IGNORED_NAME_GLOBS)
-    # Same meaning too: a name the rule lets through is a candidate, and the reverse.
-    probes = {glob.rstrip("*") + tail for glob in IGNORED_NAME_GLOBS
-              for tail in ("", "0", "-x")}
-    probes |= {"eth0", "eno1", "ens32", "ktnic0", "k", "virb", "vne"}
-    for name in sorted(probes):
-        rule_ignores = any(fnmatchcase(name, p) for p in patterns)
-        assert rule_ignores == (not is_candidate(name, None)), name
+RULE_PROBES = [
+    # kvmhooks' and libvirt's own names, and names kvmhooks refuses
+    "kh5254006b3c01", "kh-lan", "kh-", "vnet0", "vnet12", "macvtap3", "virbr0", "virbr1-nic",
+    "lo", "a$b", "a*b", "a b", "a\\b", "é0", "a'b", 'a"b',
+    # host NICs of every kind, named alike or not
+    "eth0", "eno1", "ens32", "ens32.100", "br-lan", "bond0", "ktnic0", "k", "k0", "kh",
+    "khan0", "kheth1", "khlan", "kh5254006b3c0", "kh5254006b3c0g", "kh5254006b3c012",
+    "vnet", "vnetwork", "vne", "macvtap", "macvtapx", "virb", "virbrick", "lo0", "a+b"]
 
 
-def test_rule_devtypes_are_the_ignored_devtypes():
-    assert sorted(_rule_list("ENV{DEVTYPE}")) == sorted(IGNORED_DEVTYPES)
+def _shipped() -> tuple[str, str]:
+    files = {item.path: item.text for item in install.planned_files(install.RPM_LAYOUT)}
+    return files[install.RULE_PATH], files[install.NIC_UNIT_PATH]
+
+
+@pytest.mark.parametrize("systemd", [True, False], ids=["systemd", "no-systemd"])
+def test_rule_lets_through_exactly_the_candidates(systemd):
+    rule, unit = _shipped()
+    for name in RULE_PROBES:
+        handled = event_command(rule, unit, "add", name, 1, systemd=systemd) is not None
+        assert handled == is_candidate(name), name
+
+
+@pytest.mark.parametrize("devtype", ["vlan", "bridge", "bond", "wlan", "team", None])
+def test_rule_ignores_no_device_type(devtype):
+    # An uplink's NIC may be of any type: `nic = "ens32.100"` names a VLAN.
+    rule, unit = _shipped()
+    assert "DEVTYPE" not in rule
+    for systemd in (True, False):
+        assert event_command(rule, unit, "add", "ens32.100", 1, systemd=systemd,
+                             devtype=devtype) is not None
+
+
+def test_nic_unit_gives_up_only_after_the_handlers_own_bounds():
+    # Type=oneshot has no start timeout unless one is set; the handler bounds each of
+    # its waits, and a handler may wait for one other handler's turn before its own.
+    _, unit = _shipped()
+    timeouts = re.findall(r"^TimeoutStartSec=(\d+)$", unit, re.MULTILINE)
+    assert len(timeouts) == 1, "the NIC unit sets no TimeoutStartSec"
+    from kvmhooks import virt
+    from kvmhooks.engine import nic
+    listing = 3 * virt.CALL_TIMEOUT  # connect, list domains, one domain's XML at worst
+    replug = 3 * virt.CALL_TIMEOUT + virt.DETACH_TIMEOUT + virt.CALL_TIMEOUT
+    one_turn = nic.LIBVIRT_WAIT + listing + replug
+    assert int(timeouts[0]) >= 2 * one_turn

@@ -3,11 +3,12 @@ and the argument forms of `kvmhooks nic-event` that are refused before any host 
 
 from __future__ import annotations
 
+import io
 import logging
 
 import pytest
 
-from kvmhooks import cli
+from kvmhooks import cli, install
 from kvmhooks.actions import (
     CreateBridge,
     CreateMacvtap,
@@ -17,10 +18,12 @@ from kvmhooks.actions import (
     SetUp,
 )
 from kvmhooks.errors import NotAllowed
+from kvmhooks.hookclient import Work, triage
 from kvmhooks.names import bridge_mark, guest_mark, is_candidate, shim_mark
 from kvmhooks.planner import Replug, plan_reconnect, plan_uplinks
 from kvmhooks.resolve import Resolution, resolve_affected
 from kvmhooks.sources import DirectSource
+from tests.lab.ruleflow import event_command, rule_runs, systemd_escape
 
 from .builders import (
     LAN,
@@ -285,36 +288,52 @@ def test_allowlist_does_not_hold_for_other_uplinks():
     "kh5254006b3c01", "kh-lan", "vnet0", "vnet12", "macvtap0", "macvtap3", "virbr0",
     "virbr1-nic", "lo", ""])
 def test_own_and_virtual_devices_are_ignored(ifname):
-    assert not is_candidate(ifname, None)
-
-
-@pytest.mark.parametrize("devtype", ["bridge", "vlan"])
-def test_bridges_and_vlans_are_ignored(devtype):
-    assert not is_candidate("eth0", devtype)
-    assert not is_candidate("br-lan", devtype)
+    assert not is_candidate(ifname)
 
 
 @pytest.mark.parametrize("ifname", ["eth0", "eth1", "eno1", "ens32", "enp3s0f1",
                                     "ktnic0", "k0", "bond0", "team0"])
 def test_nics_are_candidates(ifname):
-    assert is_candidate(ifname, None)
+    assert is_candidate(ifname)
+
+
+# An uplink's NIC may be of any type (a VLAN, a bond, a bridge named by `nic`), and only
+# the names kvmhooks and libvirt give their own devices are theirs: `kh` followed by a
+# MAC's 12 hex digits, `kh-UPLINK`, `vnetN`, `macvtapN`, `virbrN...`.
+@pytest.mark.parametrize("ifname", [
+    "ens32.100", "br-lan", "khan0", "kheth1", "kh5254006b3c0", "kh5254006b3c0g",
+    "kh5254006b3c012", "khlan", "vnetwork", "macvtapx", "virbrick"])
+def test_an_uplinks_nic_is_a_candidate_whatever_its_type_or_name(ifname):
+    assert is_candidate(ifname)
+
+
+@pytest.mark.parametrize("ifname", ["a b", "a$b", "a*b", "a:b", "a/b", "a\\b", "é0"])
+def test_names_kvmhooks_refuses_are_no_candidates(ifname):
+    assert not is_candidate(ifname)
 
 
 # --- kvmhooks nic-event: forms refused before any host work -------------------------------
 
 @pytest.fixture
-def cli_guard(monkeypatch, tmp_path):
-    """Keep the command line off this host even if a bad form got through, and keep
-    its log handlers from outliving the test's captured stderr."""
-    def must_not_run(*args, **kwargs):
-        raise AssertionError("nic-event reached the handler")
-    monkeypatch.setattr("kvmhooks.engine.nic.handle", must_not_run)
+def nic_handler_calls(monkeypatch, tmp_path):
+    """The (action, ifname) pairs the command line hands the NIC handler, which stays
+    off this host; its log handlers do not outlive the test's captured stderr."""
+    calls = []
+    monkeypatch.setattr("kvmhooks.engine.nic.handle",
+                        lambda action, ifname: calls.append((action, ifname)) or [])
     monkeypatch.setenv("KVMHOOKS_CONFIG", str(tmp_path / "absent.toml"))
     monkeypatch.setattr("kvmhooks.logsetup.SYSLOG_SOCKET", "/nonexistent/log")
     logger = logging.getLogger("kvmhooks")
     handlers = list(logger.handlers)
-    yield
+    yield calls
     logger.handlers[:] = handlers
+
+
+@pytest.fixture
+def cli_guard(nic_handler_calls):
+    """Bad forms never reach the handler."""
+    yield
+    assert nic_handler_calls == [], "nic-event reached the handler"
 
 
 @pytest.mark.parametrize("words, needle", [
@@ -335,3 +354,50 @@ def test_bad_nic_event_forms_exit_2_with_one_line(words, needle, cli_guard, caps
     out, err = capsys.readouterr()
     assert out == ""
     assert err.count("\n") == 1 and err.startswith("kvmhooks: nic-event") and needle in err
+
+
+# --- a NIC event as udev and systemd hand it over ------------------------------------------
+
+# Every character kvmhooks accepts in a name (names.IFNAME): letters, digits, '_.+-'.
+EVERY_KIND_OF_NAME = ["lan-nic", "eth0.100", "a_b", "x-y.z", "-", "-eth", "a+b", "en-+.x_1",
+                      "A-B", "0", "abcdefghijklm-o", "..a", "vnet-0"]
+
+
+@pytest.fixture(scope="module")
+def shipped_rule_and_unit():
+    files = {item.path: item.text for item in install.planned_files(install.RPM_LAYOUT)}
+    return files[install.RULE_PATH], files[install.NIC_UNIT_PATH]
+
+
+@pytest.mark.parametrize("systemd", [True, False], ids=["systemd", "no-systemd"])
+@pytest.mark.parametrize("ifname", EVERY_KIND_OF_NAME)
+def test_every_valid_name_reaches_the_handler_intact(ifname, systemd, shipped_rule_and_unit,
+                                                      nic_handler_calls, capsys):
+    # The rule and unit as shipped, udev's substitutions, systemctl's and the unit's
+    # escaping as systemd-escape applies them, then the resulting command line.
+    rule, unit = shipped_rule_and_unit
+    for action in ("add", "move", "remove"):
+        argv = event_command(rule, unit, action, ifname, 4711, systemd=systemd)
+        assert argv is not None, f"the rule lets {action} of {ifname} pass"
+        words = argv[argv.index("nic-event"):]
+        if argv[0] == install.RPM_LAYOUT.command:
+            assert cli.main(words) == 0, capsys.readouterr().err
+            assert nic_handler_calls.pop() == (action, ifname)
+        else:
+            assert argv[:4] == [install.RPM_LAYOUT.interpreter, "-I", "-S",
+                                install.RPM_LAYOUT.client]
+            assert triage("nic-event", words[1:], io.BytesIO()) == Work()
+            assert words[1:] == [action, ifname]
+
+
+@pytest.mark.parametrize("ifname", EVERY_KIND_OF_NAME)
+def test_systemd_starts_the_unit_by_the_name_udev_gives_it(ifname, shipped_rule_and_unit):
+    # systemctl would mangle a name with characters units cannot carry ('+'), and the
+    # unit's %i would hold the escape: such names go through hookclient.py instead.
+    rule, _ = shipped_rule_and_unit
+    [argv] = rule_runs(rule, "add", ifname, 4711, systemd=True)
+    if argv[0].endswith("/systemctl"):
+        assert systemd_escape("--mangle", argv[-1]) == argv[-1]
+        assert argv[-1] == f"kvmhooks-nic@add:{ifname}:4711.service"
+    else:
+        assert "+" in ifname
