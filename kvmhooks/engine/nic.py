@@ -229,9 +229,9 @@ def _reconnect_guests(session: HostSession, ifname: str, config: Config) -> list
 
 def _replug(virt, guest: RunningGuest, replug: Replug, subject: str):
     """Detach and attach one interface; its line, or (subject, error) when it failed."""
-    old = find_interface(guest.roots[replug.mac], replug.mac)
-    new = replugged_interface(old, replug.source)
     try:
+        old = find_interface(guest.roots[replug.mac], replug.mac)
+        new = replugged_interface(old, replug.source)
         virt.replug(guest.dom, replug.mac, serialize(old) if replug.detach else None,
                     serialize(new))
     except KvmhooksError as error:

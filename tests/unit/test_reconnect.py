@@ -17,12 +17,14 @@ from kvmhooks.actions import (
     SetMaster,
     SetUp,
 )
-from kvmhooks.errors import NotAllowed
+from kvmhooks.engine.nic import RunningGuest, _replug
+from kvmhooks.errors import MetadataError, NotAllowed
 from kvmhooks.hookclient import Work, triage
 from kvmhooks.names import bridge_mark, guest_mark, is_candidate, shim_mark
 from kvmhooks.planner import Replug, plan_reconnect, plan_uplinks
 from kvmhooks.resolve import Resolution, resolve_affected
 from kvmhooks.sources import DirectSource
+from kvmhooks.xmlsafe import parse as parse_xml
 from tests.lab.ruleflow import event_command, rule_runs, systemd_escape
 
 from .builders import (
@@ -35,6 +37,7 @@ from .builders import (
     UUID,
     Host,
     domain,
+    domain_xml,
     hook_owned,
     interface,
     make_config,
@@ -194,6 +197,20 @@ def test_native_macvtap_on_a_bridged_uplink_is_replugged_on_the_bridge():
     assert plan.actions == ()
     assert replugs == (
         Replug(MAC1, DirectSource("br-lan", "bridge"), True),)
+
+
+def test_a_replug_whose_interface_cannot_take_its_new_source_fails_alone():
+    # The metadata now says private; a <vlan> goes with passthrough alone. The handler
+    # gets this guest's failure back and goes on with the others: libvirt is not asked.
+    live = interface(MAC1, "direct", {"dev": "eth1", "mode": "passthrough"},
+                     {"dev": "macvtap0"}).replace(
+        "<model", '<vlan><tag id="42"/></vlan>\n      <model')
+    root = parse_xml(domain_xml(live).encode())
+    guest = RunningGuest(None, domain(live), {MAC1: root}, frozenset())
+    subject, error = _replug(None, guest, Replug(MAC1, DirectSource("eth1", "private")),
+                             "domain web1 NIC eth1")
+    assert subject == "domain web1 NIC eth1"
+    assert isinstance(error, MetadataError) and "<vlan>" in str(error) and MAC1 in str(error)
 
 
 def test_healthy_macvtaps_need_nothing():
