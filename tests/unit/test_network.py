@@ -14,7 +14,7 @@ from kvmhooks.actions import (
     SetUp,
 )
 from kvmhooks.errors import EXIT_BAD_INPUT, BadInput, NetworkRefused, NicAbsent
-from kvmhooks.inventory import Route
+from kvmhooks.inventory import Address, Route
 from kvmhooks.names import bridge_mark, guest_mark, network_mark, shim_mark
 from kvmhooks.network import NetworkDef, parse_hook_data
 from kvmhooks.planner import plan_network_start, plan_network_stop
@@ -134,11 +134,11 @@ def test_forward_bridge_builds_the_bridge_with_the_network_mark():
     plan = start(LAN_BRIDGE, host, FORWARD_BRIDGE)
     assert plan.domain is None  # a network's plan is no domain's; its mark names it
     assert plan.actions == (
-        CreateBridge("br-lan", NIC_MAC, MARK),
-        AddAddress("br-lan", ADDRESS),
+        CreateBridge("br-lan", NIC_MAC, MARK, 1500),
+        AddAddress("br-lan", Address(ADDRESS)),
         MoveRoute(DEFAULT, "eth1", "br-lan"),
         SetMaster("eth1", "br-lan", None),
-        DelAddress("eth1", ADDRESS),
+        DelAddress("eth1", Address(ADDRESS)),
     )
     assert plan.resolutions == (Resolution("lan", "eth1", "br-lan"),)
 
@@ -215,7 +215,7 @@ def test_forward_interface_that_is_the_uplink_bridge_still_to_build_is_accepted(
     # The plan builds br-lan itself; the check must not refuse the one device it then
     # tells the administrator to use ("does not exist; use <interface dev='br-lan'/>").
     plan = start(LAN_BRIDGE, Host().nic("eth1"), macvtap_network("private", "br-lan"))
-    assert plan.actions == (CreateBridge("br-lan", NIC_MAC, MARK),
+    assert plan.actions == (CreateBridge("br-lan", NIC_MAC, MARK, 1500),
                             SetMaster("eth1", "br-lan", None))
 
 
@@ -241,7 +241,7 @@ def network_bridge(alias: str | None = MARK, **fields) -> Host:
 
 
 GIVE_BACK = (
-    AddAddress("eth1", ADDRESS),
+    AddAddress("eth1", Address(ADDRESS)),
     MoveRoute(DEFAULT, "br-lan", "eth1"),
     SetMaster("eth1", None, "br-lan"),
     DeleteLink("br-lan", f"network {NET} stopped"),
@@ -282,3 +282,4 @@ def test_bridge_still_in_use_is_kept(host):
                                    MARK + "x"])
 def test_bridge_without_this_networks_mark_is_untouched(alias):
     assert plan_network_stop(NET, network_bridge(alias=alias).inventory()).actions == ()
+
