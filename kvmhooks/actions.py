@@ -24,7 +24,7 @@ class Backend(Protocol):
                    mtu: int | None) -> None: ...
     def create_macvtap(self, name: str, parent: str, mode: str, mac: str, mark: str,
                        mtu: int | None) -> None: ...
-    def create_shim(self, name: str, parent: str, address: Address, mark: str,
+    def create_shim(self, name: str, parent: str, address: Address, mark: str, mac: str,
                     mtu: int | None) -> None: ...
     def set_state(self, name: str, up: bool) -> None: ...
     def set_master(self, name: str, master: str | None) -> None: ...
@@ -120,18 +120,22 @@ class CreateMacvtap(Create):
 
 @dataclass(frozen=True)
 class CreateShim(Create):
+    """The shim, built and then announced on the LAN."""
+
     name: str
     parent: str
     address: Address
     mark: str
+    mac: str
     mtu: int | None = None
 
     def describe(self) -> str:
         return (f"create shim {self.name} (macvlan bridge mode) on {self.parent} with "
-                f"{self.address}{_mtu(self.mtu)}")
+                f"MAC {self.mac} and {self.address}{_mtu(self.mtu)}, announced")
 
     def run(self, backend: Backend) -> None:
-        backend.create_shim(self.name, self.parent, self.address, self.mark, self.mtu)
+        backend.create_shim(self.name, self.parent, self.address, self.mark, self.mac,
+                            self.mtu)
 
 
 @dataclass(frozen=True)

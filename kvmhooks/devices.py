@@ -10,6 +10,7 @@ Kernel facts behind it:
 
 from __future__ import annotations
 
+import hashlib
 import socket
 from dataclasses import dataclass
 
@@ -33,7 +34,7 @@ from .actions import (
 from .config import Uplink
 from .domain import Domain, TaggedInterface
 from .errors import ForeignDevice, HostError, MetadataError, NicAbsent
-from .inventory import Address, Inventory, Link, Route, prefix_route
+from .inventory import IFA_F_NODAD, Address, Inventory, Link, Route, prefix_route
 from .names import bridge_mark, guest_mark, shim_mark
 from .resolve import Resolution
 
@@ -101,6 +102,25 @@ def _left_behind(prefix_routes: tuple[Route, ...], removed: list[Address]) -> li
             if route.dst in dynamic and route.dst not in permanent]
 
 
+def shim_mac(uplink: str, host_mac: str) -> str:
+    """The shim's MAC: the same at every rebuild, so that neighbours' entries for its
+    address stay right after a NIC flap. Derived from the uplink's name and the host's
+    MAC on that LAN (its NIC's permanent one), it differs between uplinks and between
+    hosts; locally administered and unicast."""
+    digest = bytearray(hashlib.sha256(f"kvmhooks shim {uplink} {host_mac}".encode())
+                       .digest()[:6])
+    digest[0] = (digest[0] & 0xFC) | 0x02
+    return ":".join(f"{byte:02x}" for byte in digest)
+
+
+def shim_address(cidr: str) -> Address:
+    """The shim's address. An IPv6 one skips duplicate address detection: it is the
+    host's own, and it is announced at once (a neighbour advertisement for a tentative
+    address is not allowed, RFC 4862 section 5.4), as keepalived does with its
+    addresses."""
+    return Address(cidr, flags=IFA_F_NODAD if ":" in cidr else 0)
+
+
 class DevicePlanner:
     """Accumulates steps; remembers what it already planned so nothing is doubled."""
 
@@ -127,7 +147,9 @@ class DevicePlanner:
             bridge = self.inventory.by_name(resolution.bridge)
             self.uplink_mtu(uplink, bridge)
             if uplink.host_address is not None:
-                self.shim(uplink, resolution.lower)
+                # The bridge's MAC need not be its NIC's: a shim in place keeps its MAC
+                # until the NIC is back, and a new one is rebuilt then if need be.
+                self.shim(uplink, resolution.lower, bridge.mac, nic_away=True)
             return
         nic = self.inventory.by_name(resolution.nic)
         if nic is None:  # resolved on an earlier snapshot, gone since
@@ -145,7 +167,7 @@ class DevicePlanner:
         if not nic.up:
             self.actions.append(SetUp(nic.name))
         if uplink.host_address is not None:
-            self.shim(uplink, resolution.lower)
+            self.shim(uplink, resolution.lower, nic.permanent_mac or nic.mac)
 
     def uplink_mtu(self, uplink: Uplink, link: Link) -> None:
         """The uplink's MTU on one of its shared devices, where it has one."""
@@ -232,8 +254,10 @@ class DevicePlanner:
         self.actions.extend(DelRoute(route, nic.name)
                             for route in _left_behind(nic.prefix_routes, removing))
 
-    def shim(self, uplink: Uplink, lower: str) -> None:
-        address = Address(str(uplink.host_address))
+    def shim(self, uplink: Uplink, lower: str, host_mac: str | None,
+             nic_away: bool = False) -> None:
+        address = shim_address(str(uplink.host_address))
+        mac = shim_mac(uplink.name, host_mac or "")
         mtu = self.mtu_of(lower)
         shim = None if uplink.shim in self.deleted_links else self.inventory.by_name(uplink.shim)
         if shim is not None and shim.alias != shim_mark(uplink.name):
@@ -244,9 +268,13 @@ class DevicePlanner:
                 self.actions.append(DeleteLink(shim.name, f"shim of uplink '{uplink.name}' "
                                                f"is not a bridge-mode macvlan on {lower}"))
                 shim = None
+            elif shim.mac != mac and not nic_away:
+                self.actions.append(DeleteLink(shim.name, f"shim of uplink '{uplink.name}' "
+                                               f"has MAC {shim.mac}, not its own {mac}"))
+                shim = None
         if shim is None:
             self.actions.append(CreateShim(uplink.shim, lower, address,
-                                           shim_mark(uplink.name), mtu))
+                                           shim_mark(uplink.name), mac, mtu))
         else:
             self.claim(shim)
             if not shim.holds(address.cidr):

@@ -13,6 +13,7 @@ LOWER_KINDS = ("macvlan", "macvtap")  # kinds whose IFLA_LINK is a parent on thi
 # Address flags (IFA_F_*, linux/if_addr.h) and route values (linux/rtnetlink.h) the
 # decisions below read.
 IFA_F_TEMPORARY = 0x01  # IPv6 only (IPv4's IFA_F_SECONDARY has the same value)
+IFA_F_NODAD = 0x02
 IFA_F_NOPREFIXROUTE = 0x200
 RTPROT_KERNEL = 2
 RT_SCOPE_UNIVERSE, RT_SCOPE_LINK = 0, 253

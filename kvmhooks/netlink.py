@@ -1,4 +1,5 @@
-"""The only module that imports pyroute2: host link snapshot and link changes.
+"""The only module that imports pyroute2: host link snapshot and link changes, and the
+frames that announce the shim's address.
 
 Every kernel refusal becomes a HostError naming the device and the step.
 """
@@ -6,12 +7,15 @@ Every kernel refusal becomes a HostError naming the device and the step.
 from __future__ import annotations
 
 import ipaddress
+import logging
+import socket
 import struct
 from dataclasses import replace
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from .announce import announcement
 from .errors import HostError
 from .inventory import (
     RTNH_F_ONLINK,
@@ -21,6 +25,8 @@ from .inventory import (
     Route,
     is_prefix_route,
 )
+
+log = logging.getLogger("kvmhooks")
 
 IFF_UP = 0x1
 RTN_UNICAST = 1
@@ -117,17 +123,18 @@ class Netlink:
         self._finish_create(name, mark, up=True,
                             address=mac if kernel_mode == "passthru" else None)
 
-    def create_shim(self, name: str, parent: str, address: Address, mark: str,
+    def create_shim(self, name: str, parent: str, address: Address, mark: str, mac: str,
                     mtu: int | None) -> None:
         extra = {"mtu": mtu} if mtu else {}
         self._call(f"create shim {name} on {parent}", "add", ifname=name, kind="macvlan",
-                   link=self.index(parent), macvlan_mode="bridge", **extra)
+                   link=self.index(parent), macvlan_mode="bridge", address=mac, **extra)
         self._finish_create(name, mark, up=True)
         try:
             self.add_address(name, address)
         except HostError:
             self.delete_link(name)
             raise
+        self._announce(name, mac, address)
 
     def _finish_create(self, name: str, mark: str, up: bool, address: str | None = None,
                        mtu: int | None = None, master: int | None = None) -> None:
@@ -147,6 +154,16 @@ class Netlink:
         except HostError:
             self.delete_link(name)
             raise
+
+    def _announce(self, name: str, mac: str, address: Address) -> None:
+        """Tell the LAN where the address is now; a lost announcement leaves neighbours
+        to find out by themselves, so it is a warning, not a failure."""
+        try:
+            with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as sock:
+                sock.bind((name, 0))
+                sock.send(announcement(mac, address.cidr))
+        except OSError as error:
+            log.warning("announce %s on %s: %s", address.cidr, name, _reason(error))
 
     def set_state(self, name: str, up: bool) -> None:
         state = "up" if up else "down"

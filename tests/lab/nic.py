@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import socket
 import struct
 import subprocess
+import threading
+import time
 from dataclasses import dataclass
 
-from pyroute2 import IPRoute, NetNS
+from pyroute2 import IPRoute, NetNS, netns
 
 from .cleanup import Cleanup
 from .daemons import settle_nic_events
@@ -226,6 +229,30 @@ class StandInNic:
         """Ping ``address`` from inside the LAN namespace."""
         return ping(address, ns=self.ns, count=count, timeout=timeout, size=size)
 
+    def lan_neighbour(self, address: str) -> str | None:
+        """The MAC the LAN host holds for ``address`` in its neighbour table, or None."""
+        family = 10 if ipaddress.ip_address(address).version == 6 else 2
+        with NetNS(self.ns, flags=0) as ns:
+            for entry in ns.get_neighbours(family=family):
+                if entry.get("NDA_DST") == address:
+                    return entry.get("NDA_LLADDR")
+        return None
+
+    def capture(self) -> LanCapture:
+        """Record every frame the LAN host receives from now on (closed at cleanup)."""
+        capture = LanCapture(self.ns, self.PEER)
+        self.cleanup.add(capture.close, _what=f"stop capturing on {self.ns}")
+        return capture
+
+    def set_lan_neighbour(self, address: str, mac: str) -> None:
+        """Make the LAN host believe ``address`` is at ``mac`` (a stale entry, as left by
+        a device that had another MAC)."""
+        family = 10 if ipaddress.ip_address(address).version == 6 else 2
+        with NetNS(self.ns, flags=0) as ns:
+            index = ns.link_lookup(ifname=self.PEER)[0]
+            ns.neigh("replace", dst=address, lladdr=mac, ifindex=index, family=family,
+                     state=0x04)  # NUD_STALE
+
 
 def _add_address(ipr, index: int, address: NicAddress) -> None:
     interface = ipaddress.ip_interface(address.cidr)
@@ -254,3 +281,47 @@ def _add_route(ipr, index: int, route: NicRoute) -> None:
     if route.metric is not None:
         spec["priority"] = route.metric
     ipr.route("add", **spec)
+
+
+ETH_P_ALL = 0x0003
+
+
+class LanCapture:
+    """A raw packet socket on the LAN host's side of the stand-in NIC. Network namespaces
+    belong to threads: a thread of its own enters the LAN's and opens the socket there."""
+
+    def __init__(self, ns: str, ifname: str):
+        opened: list = []
+
+        def open_in_namespace():
+            try:
+                netns.setns(ns, flags=0)
+                sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW,
+                                     socket.htons(ETH_P_ALL))
+                sock.bind((ifname, 0))
+                opened.append(sock)
+            except BaseException as error:  # noqa: BLE001 - raised below, in the test
+                opened.append(error)
+
+        thread = threading.Thread(target=open_in_namespace)
+        thread.start()
+        thread.join()
+        if isinstance(opened[0], BaseException):
+            raise opened[0]
+        self.sock = opened[0]
+        self.sock.setblocking(False)
+        self.frames: list[bytes] = []
+
+    def read(self, wait: float = 0.5) -> list[bytes]:
+        """Every frame received so far, after ``wait`` seconds without a new one."""
+        quiet_since = time.monotonic()
+        while time.monotonic() - quiet_since < wait:
+            try:
+                self.frames.append(self.sock.recv(65535))
+                quiet_since = time.monotonic()
+            except BlockingIOError:
+                time.sleep(0.02)
+        return list(self.frames)
+
+    def close(self) -> None:
+        self.sock.close()

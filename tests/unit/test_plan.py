@@ -22,6 +22,7 @@ from kvmhooks.actions import (
     SetRouteMetric,
     SetUp,
 )
+from kvmhooks.devices import shim_address, shim_mac
 from kvmhooks.errors import ForeignDevice, HostError, MetadataError, NotAllowed
 from kvmhooks.inventory import Address, Route, with_creating_marks
 from kvmhooks.names import bridge_mark, guest_mark, shim_mark
@@ -55,7 +56,8 @@ DEFAULT = Route("default", 2, gateway="198.18.5.1")
 OTHER_NET = Route("198.19.7.0/24", 2, gateway="198.18.5.254", priority=100)
 LAN_SHIM = LAN + 'host_address = "198.18.5.2/24"\n'
 LAN_BRIDGE_SHIM = LAN_BRIDGE + 'host_address = "198.18.5.2/24"\n'
-SHIM_ADDRESS = Address("198.18.5.2/24")
+SHIM_MAC = shim_mac("lan", NIC_MAC)
+SHIM_ADDRESS = shim_address("198.18.5.2/24")
 MTU = 1500  # what every hand-made link has, unless a test says otherwise
 
 
@@ -143,7 +145,7 @@ def test_own_shim_on_the_nic_moves_to_the_new_bridge():
     assert actions[1] == DeleteLink("kh-lan", "shim moves to the bridge")
     assert SetMaster("eth1", "br-lan", None) in actions
     shims = [a for a in actions if isinstance(a, CreateShim)]
-    assert shims == [CreateShim("kh-lan", "br-lan", SHIM_ADDRESS, shim_mark("lan"), MTU)]
+    assert shims == [CreateShim("kh-lan", "br-lan", SHIM_ADDRESS, shim_mark("lan"), SHIM_MAC, MTU)]
     assert actions.index(DeleteLink("kh-lan", "shim moves to the bridge")) < \
         actions.index(SetMaster("eth1", "br-lan", None))
 
@@ -157,14 +159,14 @@ def test_own_shim_on_the_nic_moves_to_the_new_bridge():
 def test_shim_created_on_the_lower_device(config_text, host, parent):
     plan = prepare(config_text, host, meta(MAC1, "direct", uplink="lan"), hook_owned(MAC1))
     assert plan.actions == (
-        CreateShim("kh-lan", parent, SHIM_ADDRESS, shim_mark("lan"), MTU),
+        CreateShim("kh-lan", parent, SHIM_ADDRESS, shim_mark("lan"), SHIM_MAC, MTU),
         CreateMacvtap(TAP1, MAC1, parent, "bridge", MARK, MTU),
     )
 
 
 def _shim_host(**fields) -> Host:
     spec = {"parent": "eth1", "mode": "bridge", "alias": shim_mark("lan"),
-            "addresses": ("198.18.5.2/24",), **fields}
+            "addresses": ("198.18.5.2/24",), "mac": SHIM_MAC, **fields}
     return Host().nic("eth1").link("kh-lan", "macvlan", **spec)
 
 
@@ -174,7 +176,8 @@ def _shim_host(**fields) -> Host:
     ({"up": False}, (SetUp("kh-lan"),)),
     ({"mode": "private"}, (DeleteLink("kh-lan", "shim of uplink 'lan' is not a bridge-mode "
                                       "macvlan on eth1"),
-                           CreateShim("kh-lan", "eth1", SHIM_ADDRESS, shim_mark("lan"), MTU))),
+                           CreateShim("kh-lan", "eth1", SHIM_ADDRESS, shim_mark("lan"),
+                                      SHIM_MAC, MTU))),
 ])
 def test_existing_shim(fields, expected):
     plan = prepare(LAN_SHIM, _shim_host(**fields), meta(MAC1, "direct", uplink="lan"),
@@ -512,7 +515,7 @@ def test_a_route_the_bridge_has_already_only_leaves_the_nic():
 @pytest.mark.parametrize("name, host", [
     ("br-lan", Host().nic("eth1", master="br-lan").bridge("br-lan", up=False)),
     ("kh-lan", bridged_host().link("kh-lan", "macvlan", parent="br-lan", mode="bridge",
-                                   addresses=("198.18.5.2/24",))),
+                                   mac=SHIM_MAC, addresses=("198.18.5.2/24",))),
     (TAP1, bridged_host().link(TAP1, "tun", mac=TAP1_MAC, master="br-lan")),
 ], ids=["bridge", "shim", "tap"])
 def test_a_device_a_kill_left_without_its_mark_gets_it(name, host):
@@ -547,14 +550,15 @@ def test_devices_take_their_lower_devices_mtu():
     plan = prepare(LAN_BRIDGE_SHIM, host, *tap_on_bridge(),
                    meta(MAC2, "direct", uplink="lan"), hook_owned(MAC2))
     assert plan.actions[0] == CreateBridge("br-lan", NIC_MAC, bridge_mark("lan"), 9000)
-    assert CreateShim("kh-lan", "br-lan", SHIM_ADDRESS, shim_mark("lan"), 9000) in plan.actions
+    assert CreateShim("kh-lan", "br-lan", SHIM_ADDRESS, shim_mark("lan"), SHIM_MAC,
+                      9000) in plan.actions
     assert plan.actions[-2:] == (CreateTap(TAP1, TAP1_MAC, "br-lan", MARK, 9000),
                                  CreateMacvtap(TAP2, MAC2, "br-lan", "bridge", MARK, 9000))
 
 
 def test_uplink_mtu_sets_the_nic_the_bridge_and_everything_on_them():
     host = bridged_host().link("kh-lan", "macvlan", parent="br-lan", mode="bridge",
-                               alias=shim_mark("lan"),
+                               alias=shim_mark("lan"), mac=SHIM_MAC,
                                addresses=("198.18.5.2/24",)).tap(TAP1, TAP1_MAC, "br-lan")
     plan = prepare(LAN_BRIDGE_SHIM + "mtu = 9000\n", host, *tap_on_bridge(),
                    meta(MAC2, "direct", uplink="lan"), hook_owned(MAC2))
@@ -562,3 +566,55 @@ def test_uplink_mtu_sets_the_nic_the_bridge_and_everything_on_them():
         SetMtu("eth1", 9000, 1500), SetMtu("br-lan", 9000, 1500),
         SetMtu("kh-lan", 9000, 1500), SetMtu(TAP1, 9000, 1500),
         CreateMacvtap(TAP2, MAC2, "br-lan", "bridge", MARK, 9000))
+
+
+# --- the shim's MAC ---------------------------------------------------------------------
+
+def test_the_shims_mac_is_stable_local_unicast_and_its_own():
+    assert shim_mac("lan", NIC_MAC) == SHIM_MAC
+    assert int(SHIM_MAC[:2], 16) & 0x3 == 0x2
+    assert len({SHIM_MAC, shim_mac("wan", NIC_MAC), shim_mac("lan", "02:00:00:00:00:99")}) == 3
+
+
+def test_the_shim_is_named_by_the_nics_permanent_mac():
+    host = Host().nic("eth1", mac="02:aa:00:00:00:01", permanent_mac=NIC_MAC)
+    actions = prepare(LAN_SHIM, host, meta(MAC1, "direct", uplink="lan"),
+                      hook_owned(MAC1)).actions
+    assert actions[0].mac == SHIM_MAC
+
+
+def test_a_shim_with_another_mac_is_rebuilt():
+    """Made by an earlier kvmhooks with a random MAC: rebuilt with its own, and
+    announced."""
+    actions = prepare(LAN_SHIM, _shim_host(mac="02:00:00:00:00:42"),
+                      meta(MAC1, "direct", uplink="lan"), native_direct(MAC1, "eth1", "bridge"))
+    assert actions.actions == (
+        DeleteLink("kh-lan", f"shim of uplink 'lan' has MAC 02:00:00:00:00:42, not its own "
+                             f"{SHIM_MAC}"),
+        CreateShim("kh-lan", "eth1", SHIM_ADDRESS, shim_mark("lan"), SHIM_MAC, MTU))
+
+
+def _away_host(bridge_mac: str) -> Host:
+    """The NIC is away; the bridge (of another MAC than its NIC's, as a bridge kvmhooks
+    did not create may have) and the shim built while the NIC was there stay."""
+    return Host().bridge("br-lan", mac=bridge_mac, alias=bridge_mark("lan")).link(
+        "kh-lan", "macvlan", parent="br-lan", mode="bridge", alias=shim_mark("lan"),
+        addresses=("198.18.5.2/24",), mac=SHIM_MAC)
+
+
+def test_a_shim_keeps_its_mac_while_its_nic_is_away():
+    """Not rebuilt twice per NIC flap: the bridge's MAC says nothing of the NIC's."""
+    plan = prepare(LAN_BRIDGE_SHIM, _away_host("02:00:00:00:00:77"), *tap_on_bridge())
+    assert plan.resolutions[0].nic is None
+    assert plan.actions == (CreateTap(TAP1, TAP1_MAC, "br-lan", MARK, MTU),)
+
+
+def test_a_shim_built_while_its_nic_is_away_is_named_by_the_bridges_mac():
+    host = Host().bridge("br-lan", alias=bridge_mark("lan"))
+    plan = prepare(LAN_BRIDGE_SHIM, host, *tap_on_bridge())
+    assert plan.actions[0] == CreateShim("kh-lan", "br-lan", SHIM_ADDRESS, shim_mark("lan"),
+                                         SHIM_MAC, MTU)
+
+
+def test_an_ipv6_shim_address_skips_duplicate_address_detection():
+    assert shim_address("2001:2::5/64").flags == 0x2 and shim_address("198.18.5.2/24").flags == 0

@@ -16,8 +16,8 @@ from kvmhooks.actions import (
     SetMaster,
     SetUp,
 )
+from kvmhooks.devices import shim_address, shim_mac
 from kvmhooks.errors import NotAllowed
-from kvmhooks.inventory import Address
 from kvmhooks.names import bridge_mark, guest_mark, is_candidate, shim_mark
 from kvmhooks.planner import Replug, plan_reconnect, plan_uplinks
 from kvmhooks.resolve import Resolution, resolve_affected
@@ -100,7 +100,8 @@ def test_shared_actions_of_several_uplinks():
         CreateBridge("br-lan", NIC_MAC, bridge_mark("lan"), 1500),
         SetMaster("eth1", "br-lan", None),
         SetUp("eth2"),
-        CreateShim("kh-wan", "eth2", Address("198.18.7.2/24"), shim_mark("wan"), 1500),
+        CreateShim("kh-wan", "eth2", shim_address("198.18.7.2/24"), shim_mark("wan"),
+                   shim_mac("wan", WAN_MAC), 1500),
     )
     assert plan.resolutions == tuple(resolutions)
 
