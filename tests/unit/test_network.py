@@ -178,7 +178,7 @@ def test_forward_interface_that_is_a_macvtap_is_refused(mode, kind):
     assert "physical NIC" in message and "<interface dev='eth1'/>" in message
 
 
-@pytest.mark.parametrize("mode", MACVTAP_MODES)
+@pytest.mark.parametrize("mode", [m for m in MACVTAP_MODES if m != "passthrough"])
 def test_forward_interface_that_is_a_bridge_port_is_refused_naming_the_bridge(mode):
     host = Host().nic("eth1", master="br-lan").bridge("br-lan")
     message = refused(LAN_BRIDGE, host, macvtap_network(mode, "eth1"))
@@ -283,3 +283,14 @@ def test_bridge_still_in_use_is_kept(host):
 def test_bridge_without_this_networks_mark_is_untouched(alias):
     assert plan_network_stop(NET, network_bridge(alias=alias).inventory()).actions == ()
 
+
+@pytest.mark.parametrize("dev", ["br-lan", "eth1"])
+def test_passthrough_on_an_uplink_with_a_bridge_is_refused(dev):
+    """A passthrough macvtap on the bridge would take the host's own address off the
+    network (DESIGN section 4); one on the NIC cannot be (a bridge port)."""
+    host = Host().nic("eth1", master="br-lan").bridge("br-lan", alias=bridge_mark("lan"))
+    message = refused(LAN_BRIDGE, host, macvtap_network("passthrough", dev))
+    assert message == (f"network {NET}: forward mode passthrough needs an uplink without a "
+                       "bridge: uplink 'lan' has bridge br-lan, which holds the host's own "
+                       "address, and a passthrough macvtap on it would take that address "
+                       "off the network")

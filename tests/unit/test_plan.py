@@ -193,16 +193,30 @@ def test_unmarked_shim_is_foreign():
 
 # --- hook-owned devices -----------------------------------------------------------------
 
-@pytest.mark.parametrize("mode", ["bridge", "private", "vepa", "passthrough"])
-@pytest.mark.parametrize("config_text, host, parent", [
-    (LAN, Host().nic("eth1"), "eth1"),
-    (LAN_BRIDGE, bridged_host(), "br-lan"),
+@pytest.mark.parametrize("mode, config_text, host, parent", [
+    (mode, *uplink) for mode in ("bridge", "private", "vepa", "passthrough")
+    for uplink in ((LAN, Host().nic("eth1"), "eth1"), (LAN_BRIDGE, bridged_host(), "br-lan"))
+    if not (mode == "passthrough" and uplink[0] == LAN_BRIDGE)  # refused, see below
 ])
 def test_hook_owned_direct_builds_a_macvtap(mode, config_text, host, parent):
     plan = prepare(config_text, host, meta(MAC1, "direct", uplink="lan", mode=mode),
                    hook_owned(MAC1))
     assert plan.actions == (CreateMacvtap(TAP1, MAC1, parent, mode, MARK, MTU),)
     assert plan.sources == ()
+
+
+@pytest.mark.parametrize("device", [hook_owned(MAC1),
+                                    native_direct(MAC1, "br-lan", "passthrough")],
+                         ids=["hook-owned", "native"])
+def test_passthrough_needs_an_uplink_without_a_bridge(device):
+    """A passthrough macvtap on the bridge would take the host's own address (on the
+    bridge) off the network (DESIGN section 4)."""
+    with pytest.raises(MetadataError) as refused:
+        prepare(LAN_BRIDGE, bridged_host(),
+                meta(MAC1, "direct", uplink="lan", mode="passthrough"), device)
+    assert str(refused.value).startswith(
+        f"domain web1 interface {MAC1}: mode 'passthrough' needs an uplink without a "
+        "bridge: uplink 'lan' has bridge br-lan")
 
 
 def test_correct_tap_is_reused():
@@ -305,8 +319,8 @@ def test_native_source_that_differs_is_planned(config_text, entry, device, wante
     (LAN_BRIDGE, meta(MAC1, "bridge", uplink="lan"), native_bridge(MAC1, "br-lan")),
     (LAN, meta(MAC1, "direct", uplink="lan"), native_direct(MAC1, "eth1", "bridge")),
     (LAN, meta(MAC1, "direct", uplink="lan", mode="vepa"), native_direct(MAC1, "eth1")),
-    (LAN_BRIDGE, meta(MAC1, "direct", uplink="lan", mode="passthrough"),
-     native_direct(MAC1, "br-lan", "passthrough")),
+    (LAN, meta(MAC1, "direct", uplink="lan", mode="passthrough"),
+     native_direct(MAC1, "eth1", "passthrough")),
     (LAN, meta(MAC1, "network", network="default"), native_network(MAC1, "default")),
 ])
 def test_native_source_that_agrees_is_not_planned(config_text, entry, device):
