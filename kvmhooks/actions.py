@@ -10,24 +10,32 @@ import re
 from dataclasses import dataclass, replace
 from typing import ClassVar, Protocol
 
-from .inventory import Route
+from .inventory import Address, Route
 
 
 class Backend(Protocol):
     """The host changes steps are made of; netlink.Netlink is the implementation. Each
-    raises HostError naming the device and the step when the kernel refuses."""
+    raises HostError naming the device and the step when the kernel refuses. An MTU of
+    None is the kernel's choice."""
 
-    def create_bridge(self, name: str, mac: str | None, mark: str) -> None: ...
-    def create_tap(self, name: str, mac: str, bridge: str, mark: str) -> None: ...
-    def create_macvtap(self, name: str, parent: str, mode: str, mac: str,
-                       mark: str) -> None: ...
-    def create_shim(self, name: str, parent: str, address: str, mark: str) -> None: ...
+    def create_bridge(self, name: str, mac: str | None, mark: str,
+                      mtu: int | None) -> None: ...
+    def create_tap(self, name: str, mac: str, bridge: str, mark: str,
+                   mtu: int | None) -> None: ...
+    def create_macvtap(self, name: str, parent: str, mode: str, mac: str, mark: str,
+                       mtu: int | None) -> None: ...
+    def create_shim(self, name: str, parent: str, address: Address, mark: str, mac: str,
+                    mtu: int | None) -> None: ...
     def set_state(self, name: str, up: bool) -> None: ...
     def set_master(self, name: str, master: str | None) -> None: ...
-    def add_address(self, name: str, address: str) -> None: ...
-    def del_address(self, name: str, address: str) -> None: ...
+    def set_mtu(self, name: str, mtu: int) -> None: ...
+    def set_mark(self, name: str, mark: str | None) -> None: ...
+    def add_address(self, name: str, address: Address) -> None: ...
+    def del_address(self, name: str, address: Address) -> None: ...
     def move_route(self, route: Route, target: str) -> None: ...
     def set_route_metric(self, route: Route, dev: str, metric: int) -> None: ...
+    def add_route(self, route: Route, dev: str) -> None: ...
+    def del_route(self, route: Route, dev: str) -> None: ...
     def delete_link(self, name: str) -> None: ...
 
 
@@ -57,17 +65,23 @@ class Create(Action):
         return DeleteLink(self.name, "undo")
 
 
+def _mtu(mtu: int | None) -> str:
+    return f", MTU {mtu}" if mtu else ""
+
+
 @dataclass(frozen=True)
 class CreateBridge(Create):
     name: str
     mac: str | None
     mark: str
+    mtu: int | None = None
 
     def describe(self) -> str:
-        return f"create bridge {self.name}" + (f" with MAC {self.mac}" if self.mac else "")
+        return f"create bridge {self.name}" + (f" with MAC {self.mac}" if self.mac else "") \
+            + _mtu(self.mtu)
 
     def run(self, backend: Backend) -> None:
-        backend.create_bridge(self.name, self.mac, self.mark)
+        backend.create_bridge(self.name, self.mac, self.mark, self.mtu)
 
 
 @dataclass(frozen=True)
@@ -76,12 +90,14 @@ class CreateTap(Create):
     mac: str
     bridge: str
     mark: str
+    mtu: int | None = None
 
     def describe(self) -> str:
-        return f"create tap {self.name} with MAC {self.mac} on bridge {self.bridge}"
+        return f"create tap {self.name} with MAC {self.mac} on bridge {self.bridge}" + \
+            _mtu(self.mtu)
 
     def run(self, backend: Backend) -> None:
-        backend.create_tap(self.name, self.mac, self.bridge, self.mark)
+        backend.create_tap(self.name, self.mac, self.bridge, self.mark, self.mtu)
 
 
 @dataclass(frozen=True)
@@ -91,27 +107,80 @@ class CreateMacvtap(Create):
     parent: str
     mode: str
     mark: str
+    mtu: int | None = None
 
     def describe(self) -> str:
         return (f"create macvtap {self.name} with MAC {self.mac} on {self.parent}, "
-                f"mode {self.mode}")
+                f"mode {self.mode}" + _mtu(self.mtu))
 
     def run(self, backend: Backend) -> None:
-        backend.create_macvtap(self.name, self.parent, self.mode, self.mac, self.mark)
+        backend.create_macvtap(self.name, self.parent, self.mode, self.mac, self.mark,
+                               self.mtu)
 
 
 @dataclass(frozen=True)
 class CreateShim(Create):
+    """The shim, built and then announced on the LAN."""
+
     name: str
     parent: str
-    address: str
+    address: Address
     mark: str
+    mac: str
+    mtu: int | None = None
 
     def describe(self) -> str:
-        return f"create shim {self.name} (macvlan bridge mode) on {self.parent} with {self.address}"
+        return (f"create shim {self.name} (macvlan bridge mode) on {self.parent} with "
+                f"MAC {self.mac} and {self.address}{_mtu(self.mtu)}, announced")
 
     def run(self, backend: Backend) -> None:
-        backend.create_shim(self.name, self.parent, self.address, self.mark)
+        backend.create_shim(self.name, self.parent, self.address, self.mark, self.mac,
+                            self.mtu)
+
+
+@dataclass(frozen=True)
+class _Marking(Action):
+    """MarkLink and UnmarkLink: a device kvmhooks created whose creation a kill cut off
+    before its mark gets it (the creation journal claimed it meanwhile)."""
+
+    name: str
+    mark: str
+    marks: ClassVar[bool]
+
+    def describe(self) -> str:
+        if self.marks:
+            return f"mark {self.name} {self.mark}"
+        return f"remove mark {self.mark} from {self.name}"
+
+    def run(self, backend: Backend) -> None:
+        backend.set_mark(self.name, self.mark if self.marks else None)
+
+    def undo(self) -> Action:
+        return (UnmarkLink if self.marks else MarkLink)(self.name, self.mark)
+
+
+class MarkLink(_Marking):
+    marks = True
+
+
+class UnmarkLink(_Marking):
+    marks = False
+
+
+@dataclass(frozen=True)
+class SetMtu(Action):
+    name: str
+    mtu: int
+    previous: int
+
+    def describe(self) -> str:
+        return f"set MTU {self.mtu} on {self.name} (was {self.previous})"
+
+    def run(self, backend: Backend) -> None:
+        backend.set_mtu(self.name, self.mtu)
+
+    def undo(self) -> Action:
+        return SetMtu(self.name, self.previous, self.mtu)
 
 
 @dataclass(frozen=True)
@@ -162,12 +231,12 @@ class _AddressChange(Action):
     """AddAddress and DelAddress: one step, in two directions that undo each other."""
 
     name: str
-    address: str
+    address: Address
     add: ClassVar[bool]
 
     def describe(self) -> str:
         if self.add:
-            return f"add address {self.address} to {self.name}"
+            return f"add address {self.address.describe()} to {self.name}"
         return f"remove address {self.address} from {self.name}"
 
     def run(self, backend: Backend) -> None:
@@ -218,6 +287,34 @@ class SetRouteMetric(Action):
     def undo(self) -> Action:
         return SetRouteMetric(replace(self.route, priority=self.metric), self.dev,
                               self.route.priority or 0)
+
+
+@dataclass(frozen=True)
+class _RouteChange(Action):
+    """AddRoute and DelRoute: one step, in two directions that undo each other."""
+
+    route: Route
+    dev: str
+    add: ClassVar[bool]
+
+    def describe(self) -> str:
+        if self.add:
+            return f"add route {self.route.describe()} dev {self.dev}"
+        return f"remove route {self.route.describe()} dev {self.dev}"
+
+    def run(self, backend: Backend) -> None:
+        (backend.add_route if self.add else backend.del_route)(self.route, self.dev)
+
+    def undo(self) -> Action:
+        return (DelRoute if self.add else AddRoute)(self.route, self.dev)
+
+
+class AddRoute(_RouteChange):
+    add = True
+
+
+class DelRoute(_RouteChange):
+    add = False
 
 
 @dataclass(frozen=True)

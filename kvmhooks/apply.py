@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-from .actions import Action, Backend, Create, DeleteLink
+from .actions import Action, Backend, Create, DeleteLink, MarkLink, UnmarkLink
 from .errors import ApplyError
 from .state import CreationJournal
 
@@ -17,14 +17,17 @@ log = logging.getLogger("kvmhooks")
 
 
 def run_step(action: Action, backend: Backend, journal: CreationJournal | None) -> None:
-    """One step; a device being created is in the journal until it carries its mark."""
-    if journal is not None and isinstance(action, Create):
+    """One step; a device of kvmhooks' is in the journal whenever it lacks its mark:
+    from before its creation until it is marked or gone."""
+    if journal is not None and isinstance(action, (Create, UnmarkLink)):
         journal.begin(action.name, action.mark)
     try:
         action.run(backend)
     finally:
         if journal is not None and isinstance(action, (Create, DeleteLink)):
             journal.end(action.name)
+    if journal is not None and isinstance(action, MarkLink):
+        journal.end(action.name)
 
 
 def apply(actions: Iterable[Action], backend: Backend, context: str,

@@ -27,7 +27,8 @@ DEFAULT_PATH = "/etc/kvmhooks/kvmhooks.toml"
 
 _UPLINK_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 _NETWORK_NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
-_UPLINK_KEYS = {"nic", "mac", "path", "bridge", "host_address", "domains"}
+_UPLINK_KEYS = {"nic", "mac", "path", "bridge", "host_address", "domains", "mtu"}
+MTU_RANGE = (68, 65535)  # IPv4's smallest MTU, IP's largest packet
 _NETWORK_KEYS = {"uplink"}
 _TOML_LINE = re.compile(r"at line (\d+)")
 
@@ -41,6 +42,7 @@ class Uplink:
     bridge: str | None = None
     host_address: ipaddress.IPv4Interface | ipaddress.IPv6Interface | None = None
     domains: tuple[str, ...] | None = None
+    mtu: int | None = None  # None: every device takes its lower device's MTU
 
     @property
     def shim(self) -> str:
@@ -269,9 +271,14 @@ class _Parser:
                                                         for d in domains):
                 raise self.error(table, "domains", "must be a list of domain name patterns")
             domains = tuple(domains)
+        mtu = body.get("mtu")
+        if mtu is not None and (isinstance(mtu, bool) or not isinstance(mtu, int)
+                                or not MTU_RANGE[0] <= mtu <= MTU_RANGE[1]):
+            raise self.error(table, "mtu", f"must be a whole number from {MTU_RANGE[0]} to "
+                             f"{MTU_RANGE[1]}")
         return Uplink(name=name, nic=values.get("nic"), mac=values.get("mac"),
                       path=values.get("path"), bridge=values.get("bridge"),
-                      host_address=host_address, domains=domains)
+                      host_address=host_address, domains=domains, mtu=mtu)
 
     def network(self, name: str, body: dict, uplinks: dict) -> NetworkEntry:
         table = f"network.{name}"

@@ -10,7 +10,7 @@ Kernel facts behind it:
 
 from __future__ import annotations
 
-import ipaddress
+import hashlib
 import socket
 from dataclasses import dataclass
 
@@ -23,15 +23,18 @@ from .actions import (
     CreateTap,
     DelAddress,
     DeleteLink,
+    DelRoute,
+    MarkLink,
     MoveRoute,
     SetMaster,
+    SetMtu,
     SetRouteMetric,
     SetUp,
 )
 from .config import Uplink
 from .domain import Domain, TaggedInterface
 from .errors import ForeignDevice, HostError, MetadataError, NicAbsent
-from .inventory import Inventory, Link, Route
+from .inventory import IFA_F_NODAD, Address, Inventory, Link, Route, prefix_route
 from .names import bridge_mark, guest_mark, shim_mark
 from .resolve import Resolution
 
@@ -82,8 +85,40 @@ def guest_link(tagged: TaggedInterface, resolution: Resolution) -> WantedLink:
     return WantedLink("macvtap", resolution.lower, tagged.mac, tagged.attachment.mode)
 
 
-def _family(interface) -> int:
-    return socket.AF_INET6 if interface.version == 6 else socket.AF_INET
+def _route_key(route: Route) -> tuple:
+    """What makes two routes one for the kernel's choice of a way out."""
+    return route.dst, route.family, route.priority, route.gateway
+
+
+def _left_behind(prefix_routes: tuple[Route, ...], removed: list[Address]) -> list[Route]:
+    """The prefix routes of IPv6 addresses with a finite lifetime: the kernel leaves
+    them on the device when the address goes, to expire with the lifetime it had
+    (addrconf's check_cleanup_prefix_route is for permanent addresses only)."""
+    dynamic = {str(a.interface.network) for a in removed
+               if a.family == socket.AF_INET6 and a.valid is not None and a.makes_prefix_route}
+    permanent = {str(a.interface.network) for a in removed
+                 if a.family == socket.AF_INET6 and a.valid is None}
+    return [route for route in prefix_routes
+            if route.dst in dynamic and route.dst not in permanent]
+
+
+def shim_mac(uplink: str, host_mac: str) -> str:
+    """The shim's MAC: the same at every rebuild, so that neighbours' entries for its
+    address stay right after a NIC flap. Derived from the uplink's name and the host's
+    MAC on that LAN (its NIC's permanent one), it differs between uplinks and between
+    hosts; locally administered and unicast."""
+    digest = bytearray(hashlib.sha256(f"kvmhooks shim {uplink} {host_mac}".encode())
+                       .digest()[:6])
+    digest[0] = (digest[0] & 0xFC) | 0x02
+    return ":".join(f"{byte:02x}" for byte in digest)
+
+
+def shim_address(cidr: str) -> Address:
+    """The shim's address. An IPv6 one skips duplicate address detection: it is the
+    host's own, and it is announced at once (a neighbour advertisement for a tentative
+    address is not allowed, RFC 4862 section 5.4), as keepalived does with its
+    addresses."""
+    return Address(cidr, flags=IFA_F_NODAD if ":" in cidr else 0)
 
 
 class DevicePlanner:
@@ -95,17 +130,32 @@ class DevicePlanner:
         self.actions: list[Action] = []
         self.planned_links: set[str] = set()
         self.deleted_links: set[str] = set()
-        self.planned_addresses: dict[str, list[str]] = {}
+        self.planned_addresses: dict[str, list[Address]] = {}
+        self.planned_mtus: dict[str, int] = {}  # shared devices whose MTU the plan sets
+
+    def mtu_of(self, name: str) -> int | None:
+        """A shared device's MTU once the plan has run."""
+        if name in self.planned_mtus:
+            return self.planned_mtus[name]
+        link = self.inventory.by_name(name)
+        return link.mtu if link else None
 
     def uplink(self, uplink: Uplink, resolution: Resolution) -> None:
-        """The shared devices: bridge with the NIC enslaved, NIC up, shim."""
+        """The shared devices: bridge with the NIC enslaved, NIC up, shim; with the
+        uplink's MTU where it has one."""
         if resolution.nic is None:  # away for now: the bridge is all there is to keep
+            bridge = self.inventory.by_name(resolution.bridge)
+            self.uplink_mtu(uplink, bridge)
             if uplink.host_address is not None:
-                self.shim(uplink, resolution.lower)
+                # The bridge's MAC need not be its NIC's: a shim in place keeps its MAC
+                # until the NIC is back, and a new one is rebuilt then if need be.
+                self.shim(uplink, resolution.lower, bridge.mac, nic_away=True)
             return
         nic = self.inventory.by_name(resolution.nic)
         if nic is None:  # resolved on an earlier snapshot, gone since
             raise NicAbsent(uplink.name, uplink.selector())
+        # The NIC first: nothing on it may have a larger MTU than it.
+        self.uplink_mtu(uplink, nic)
         if resolution.bridge:
             self.bridge(uplink, resolution.bridge, nic)
         elif nic.master is not None:
@@ -117,25 +167,45 @@ class DevicePlanner:
         if not nic.up:
             self.actions.append(SetUp(nic.name))
         if uplink.host_address is not None:
-            self.shim(uplink, resolution.lower)
+            self.shim(uplink, resolution.lower, nic.permanent_mac or nic.mac)
+
+    def uplink_mtu(self, uplink: Uplink, link: Link) -> None:
+        """The uplink's MTU on one of its shared devices, where it has one."""
+        if uplink.mtu is not None and link.mtu != uplink.mtu:
+            self.actions.append(SetMtu(link.name, uplink.mtu, link.mtu))
+            self.planned_mtus[link.name] = uplink.mtu
+
+    def claim(self, link: Link) -> None:
+        """A device of kvmhooks' that a kill left without its mark gets it."""
+        if link.mark_pending:
+            self.actions.append(MarkLink(link.name, link.alias))
 
     def bridge(self, uplink: Uplink, name: str, nic: Link) -> None:
         bridge = self.inventory.by_name(name)
         if bridge is None:
             mark = self.bridge_mark or bridge_mark(uplink.name)
-            self.actions.append(CreateBridge(name, nic.mac, mark))
+            # With its NIC's MTU from the start: a bridge takes the smallest MTU of its
+            # ports, and guests' devices take the bridge's.
+            mtu = self.mtu_of(nic.name)
+            self.actions.append(CreateBridge(name, nic.mac, mark, mtu))
             self.planned_links.add(name)
+            self.planned_mtus[name] = mtu
         elif bridge.kind != "bridge":
             raise ForeignDevice(name, f"exists and is a {bridge.kind or 'plain'} device, "
                                 "not a bridge")
-        elif not bridge.up:
-            self.actions.append(SetUp(name))
+        else:
+            self.claim(bridge)
+            if not bridge.up:
+                self.actions.append(SetUp(name))
+            self.uplink_mtu(uplink, bridge)
         if nic.master is None:
             self.enslave(uplink, nic, name)
         elif bridge is None or nic.master != bridge.index:
             master = self.inventory.by_index(nic.master)
             raise ForeignDevice(nic.name, f"is a port of {master.name if master else '?'}, "
                                 f"not of uplink '{uplink.name}' bridge {name}")
+        else:  # enslaved already, and what it still holds goes to the bridge
+            self.move_to_bridge(nic, name, enslave=False)
 
     def enslave(self, uplink: Uplink, nic: Link, bridge: str) -> None:
         """Enslave the NIC, moving its addresses and routes to the bridge first so the
@@ -152,28 +222,65 @@ class DevicePlanner:
             raise HostError(f"uplink '{uplink.name}': NIC {nic.name} carries "
                             f"{', '.join(c.name for c in children)}; the kernel refuses to "
                             "enslave a NIC with macvtap or macvlan devices")
-        self.actions.extend(AddAddress(bridge, address) for address in nic.addresses)
-        self.planned_addresses.setdefault(bridge, []).extend(nic.addresses)
-        self.actions.extend(MoveRoute(route, nic.name, bridge) for route in nic.routes)
-        self.actions.append(SetMaster(nic.name, bridge, None))
-        self.actions.extend(DelAddress(nic.name, address) for address in nic.addresses)
+        self.move_to_bridge(nic, bridge, enslave=True)
 
-    def shim(self, uplink: Uplink, lower: str) -> None:
-        address = str(uplink.host_address)
+    def move_to_bridge(self, nic: Link, bridge: str, enslave: bool) -> None:
+        """The NIC's addresses and routes go to the bridge, each with its properties. An
+        address the bridge holds already is only removed from the NIC (a network manager
+        re-applied it to a NIC that came back, or a kill came before the NIC's turn), so
+        this converges from any state its own steps leave.
+
+        An IPv6 temporary address moves with its lifetimes as a plain one: the kernel
+        takes that flag from no one (it makes new temporary addresses on the bridge from
+        the moved mngtmpaddr address itself, where the bridge has use_tempaddr)."""
+        held = self.inventory.by_name(bridge)
+        adding = [address for address in nic.addresses
+                  if not (held and held.holds(address.cidr))]
+        self.actions.extend(AddAddress(bridge, address) for address in adding)
+        self.planned_addresses.setdefault(bridge, []).extend(adding)
+        on_bridge = {_route_key(route) for route in (held.routes + held.prefix_routes
+                                                     if held else ())}
+        on_bridge |= {_route_key(prefix_route(address)) for address in adding
+                      if address.makes_prefix_route}
+        for route in nic.routes:  # one the bridge has already only leaves the NIC
+            self.actions.append(DelRoute(route, nic.name) if _route_key(route) in on_bridge
+                                else MoveRoute(route, nic.name, bridge))
+        if enslave:
+            self.actions.append(SetMaster(nic.name, bridge, None))
+        # Last first, and temporary addresses before all: the kernel removes an IPv4
+        # primary's secondaries with it, and a mngtmpaddr address's temporary ones.
+        removing = sorted(reversed(nic.addresses), key=lambda address: not address.temporary)
+        self.actions.extend(DelAddress(nic.name, address) for address in removing)
+        self.actions.extend(DelRoute(route, nic.name)
+                            for route in _left_behind(nic.prefix_routes, removing))
+
+    def shim(self, uplink: Uplink, lower: str, host_mac: str | None,
+             nic_away: bool = False) -> None:
+        address = shim_address(str(uplink.host_address))
+        mac = shim_mac(uplink.name, host_mac or "")
+        mtu = self.mtu_of(lower)
         shim = None if uplink.shim in self.deleted_links else self.inventory.by_name(uplink.shim)
         if shim is not None and shim.alias != shim_mark(uplink.name):
             raise ForeignDevice(uplink.shim, "exists without kvmhooks' shim mark")
-        in_place = shim is not None and link_problem(
-            shim, WantedLink("macvlan", lower, mode="bridge"), self.inventory) is None
-        if shim is not None and not in_place:
-            self.actions.append(DeleteLink(shim.name, f"shim of uplink '{uplink.name}' is "
-                                           f"not a bridge-mode macvlan on {lower}"))
-        if not in_place:
+        if shim is not None:
+            if link_problem(shim, WantedLink("macvlan", lower, mode="bridge"),
+                            self.inventory) is not None:
+                self.actions.append(DeleteLink(shim.name, f"shim of uplink '{uplink.name}' "
+                                               f"is not a bridge-mode macvlan on {lower}"))
+                shim = None
+            elif shim.mac != mac and not nic_away:
+                self.actions.append(DeleteLink(shim.name, f"shim of uplink '{uplink.name}' "
+                                               f"has MAC {shim.mac}, not its own {mac}"))
+                shim = None
+        if shim is None:
             self.actions.append(CreateShim(uplink.shim, lower, address,
-                                           shim_mark(uplink.name)))
+                                           shim_mark(uplink.name), mac, mtu))
         else:
-            if address not in shim.addresses:
+            self.claim(shim)
+            if not shim.holds(address.cidr):
                 self.actions.append(AddAddress(shim.name, address))
+            if mtu is not None and shim.mtu != mtu:
+                self.actions.append(SetMtu(shim.name, mtu, shim.mtu))
             if not shim.up:
                 self.actions.append(SetUp(shim.name))
         self.prefer_shim(uplink, lower, self.inventory.by_name(lower))
@@ -182,25 +289,29 @@ class DevicePlanner:
         """The host reaches the shim's subnet through the shim: a macvtap never hears
         what its lower device sends, so the lower's own route for that subnet (there when
         the NIC or bridge has an address in it) gets a higher metric and stays as the
-        fallback."""
-        network = uplink.host_address.network
-        competing = {route.dst: route for route in (lower_link.prefix_routes if lower_link
-                                                     else ())
-                     if route.dst == str(network) and (route.priority or 0) < SHIM_PREFERENCE}
+        fallback. Where a kill left that route with both metrics, the old one goes."""
+        network = str(uplink.host_address.network)
+        present = lower_link.prefix_routes if lower_link else ()
+        competing = {route.dst: route for route in present
+                     if route.dst == network and (route.priority or 0) < SHIM_PREFERENCE}
         for address in self.planned_addresses.get(lower, ()):
-            interface = ipaddress.ip_interface(address)
-            if interface.network == network:
-                competing.setdefault(str(network), Route(
-                    str(network), _family(interface), source=str(interface.ip)))
-        self.actions.extend(SetRouteMetric(route, lower, SHIM_PREFERENCE + (route.priority or 0))
-                            for route in competing.values())
+            if address.makes_prefix_route and str(address.interface.network) == network:
+                competing.setdefault(network, prefix_route(address))
+        for route in competing.values():
+            metric = SHIM_PREFERENCE + (route.priority or 0)
+            if any(other.dst == route.dst and other.priority == metric for other in present):
+                self.actions.append(DelRoute(route, lower))
+            else:
+                self.actions.append(SetRouteMetric(route, lower, metric))
 
     def guest_device(self, domain: Domain, tagged: TaggedInterface,
                      resolution: Resolution) -> None:
-        """A hook-owned interface's device: kept when it matches (set up if down), else
-        built, replacing one of ours left from an earlier start."""
+        """A hook-owned interface's device, with its lower device's MTU: kept when it
+        matches (set up if down), else built, replacing one of ours left from an earlier
+        start."""
         name, mark = tagged.device.target_dev, guest_mark(domain.uuid)
         wanted = guest_link(tagged, resolution)
+        mtu = self.mtu_of(wanted.lower)
         if name in self.planned_links:
             raise MetadataError(domain.name, f"target dev '{name}' is already used by "
                                 "another device of this plan", tagged.mac)
@@ -212,15 +323,18 @@ class DevicePlanner:
                     "exists without kvmhooks' mark"
                 raise ForeignDevice(name, f"{owner}, so domain {domain.name} cannot use it")
             if link_problem(existing, wanted, self.inventory) is None:
+                self.claim(existing)
+                if mtu is not None and existing.mtu != mtu:
+                    self.actions.append(SetMtu(name, mtu, existing.mtu))
                 if not existing.up:
                     self.actions.append(SetUp(name))
                 return
             self.actions.append(DeleteLink(name, "left from an earlier start, rebuilt"))
         if wanted.kind == "tun":
-            self.actions.append(CreateTap(name, wanted.mac, wanted.lower, mark))
+            self.actions.append(CreateTap(name, wanted.mac, wanted.lower, mark, mtu))
         else:
             self.actions.append(CreateMacvtap(name, wanted.mac, wanted.lower, wanted.mode,
-                                              mark))
+                                              mark, mtu))
 
     def reenslave_tap(self, name: str | None, bridge: str, hook_owned_only: bool = True):
         """Put a guest's tap back on its bridge; libvirt's own taps of tagged guests too

@@ -2,26 +2,108 @@
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 from dataclasses import dataclass, field, replace
 
 from .names import Mark, parse_mark
 
 LOWER_KINDS = ("macvlan", "macvtap")  # kinds whose IFLA_LINK is a parent on this host
 
+# Address flags (IFA_F_*, linux/if_addr.h) and route values (linux/rtnetlink.h) the
+# decisions below read.
+IFA_F_TEMPORARY = 0x01  # IPv6 only (IPv4's IFA_F_SECONDARY has the same value)
+IFA_F_NODAD = 0x02
+IFA_F_NOPREFIXROUTE = 0x200
+RTPROT_KERNEL = 2
+RT_SCOPE_UNIVERSE, RT_SCOPE_LINK = 0, 253
+RTNH_F_ONLINK = 0x4
+
+
+@dataclass(frozen=True)
+class Address:
+    """An address on a link, with what moving it keeps: its IFA_F_* flags, its remaining
+    lifetimes in seconds (None: forever), the metric of its prefix route, its broadcast
+    address, what its label holds after the device's name (":1"), and its protocol."""
+
+    cidr: str  # "198.18.1.1/24"
+    flags: int = 0
+    valid: int | None = None
+    preferred: int | None = None
+    metric: int | None = None
+    broadcast: str | None = None
+    label: str | None = None
+    protocol: int | None = None
+
+    def __str__(self) -> str:
+        return self.cidr
+
+    @property
+    def interface(self) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
+        return ipaddress.ip_interface(self.cidr)
+
+    @property
+    def family(self) -> int:
+        return socket.AF_INET6 if self.interface.version == 6 else socket.AF_INET
+
+    @property
+    def temporary(self) -> bool:
+        """An IPv6 temporary (privacy) address: the kernel makes it from a mngtmpaddr
+        address, removes it with that address, and takes the flag from no one."""
+        return self.family == socket.AF_INET6 and bool(self.flags & IFA_F_TEMPORARY)
+
+    @property
+    def makes_prefix_route(self) -> bool:
+        return not self.flags & IFA_F_NOPREFIXROUTE
+
+    def describe(self) -> str:
+        lifetimes = f" (valid {self.valid} s, preferred {self.preferred} s)" \
+            if self.valid is not None else ""
+        return self.cidr + lifetimes
+
 
 @dataclass(frozen=True)
 class Route:
-    """A route through a link that is not the kernel's own prefix route."""
+    """A main-table unicast route through a link, with what moving it keeps."""
 
     dst: str  # "default" or a prefix such as "198.18.5.0/24"
     family: int
     gateway: str | None = None
-    priority: int | None = None
+    priority: int | None = None  # the metric
     source: str | None = None  # prefsrc
+    protocol: int | None = None  # RTPROT_* (None: not known)
+    scope: int = 0
+    flags: int = 0  # RTNH_F_ONLINK
+    tos: int = 0
+    pref: int | None = None  # an IPv6 router's preference
+    expires: int | None = None  # seconds left (IPv6); None: never
+    metrics: tuple[tuple[str, int], ...] = ()  # RTAX_*: mtu, advmss...
 
     def describe(self) -> str:
         text = self.dst + (f" via {self.gateway}" if self.gateway else "")
+        text += " onlink" if self.flags & RTNH_F_ONLINK else ""
         return text + (f" metric {self.priority}" if self.priority is not None else "")
+
+
+def is_prefix_route(route: Route, addresses: tuple[Address, ...]) -> bool:
+    """Whether the kernel made this route for one of the link's addresses (and makes it
+    again wherever the address goes). A route of protocol "kernel" for a prefix whose
+    address has noprefixroute was made by someone else (NetworkManager makes its prefix
+    routes so), and moves with the addresses."""
+    return route.protocol == RTPROT_KERNEL and any(
+        address.makes_prefix_route and address.family == route.family
+        and str(address.interface.network) == route.dst for address in addresses)
+
+
+def prefix_route(address: Address) -> Route:
+    """The route the kernel makes for an address on a device (IPv6's metric 256 where
+    the address names none)."""
+    interface = address.interface
+    ipv4 = interface.version == 4
+    metric = address.metric if address.metric is not None or ipv4 else 256
+    return Route(str(interface.network), address.family, priority=metric,
+                 source=str(interface.ip) if ipv4 else None, protocol=RTPROT_KERNEL,
+                 scope=RT_SCOPE_LINK if ipv4 else RT_SCOPE_UNIVERSE)
 
 
 @dataclass(frozen=True)
@@ -35,11 +117,13 @@ class Link:
     parent: int | None = None  # lower device of a macvlan or macvtap
     up: bool = False
     mode: str | None = None  # macvlan/macvtap mode, in the contract's words
-    addresses: tuple[str, ...] = ()  # global-scope addresses with prefix, "198.18.1.1/24"
+    addresses: tuple[Address, ...] = ()  # global-scope addresses
     routes: tuple[Route, ...] = ()  # routes through the link that are not the kernel's
     prefix_routes: tuple[Route, ...] = ()  # the kernel's routes for the link's addresses
     id_path: str | None = None  # udev ID_PATH, when it was asked for
     permanent_mac: str | None = None
+    mtu: int = 1500
+    mark_pending: bool = False  # its mark comes from the creation journal, not the kernel
 
     @property
     def mark(self) -> Mark | None:
@@ -48,6 +132,9 @@ class Link:
     @property
     def marked(self) -> bool:
         return self.mark is not None
+
+    def holds(self, cidr: str) -> bool:
+        return any(address.cidr == cidr for address in self.addresses)
 
 
 @dataclass(frozen=True)
@@ -85,9 +172,9 @@ class Inventory:
 
 def with_creating_marks(inventory: Inventory, marks: dict[str, str]) -> Inventory:
     """The links kvmhooks was creating when it was stopped carry no mark yet: give them
-    the one the creation journal holds for them."""
+    the one the creation journal holds for them (plans mark them for good)."""
     if not marks:
         return inventory
-    return Inventory(tuple(replace(link, alias=marks[link.name])
+    return Inventory(tuple(replace(link, alias=marks[link.name], mark_pending=True)
                            if link.alias is None and link.name in marks else link
                            for link in inventory.links))

@@ -1,4 +1,5 @@
-"""The only module that imports pyroute2: host link snapshot and link changes.
+"""The only module that imports pyroute2: host link snapshot and link changes, and the
+frames that announce the shim's address.
 
 Every kernel refusal becomes a HostError naming the device and the step.
 """
@@ -6,19 +7,37 @@ Every kernel refusal becomes a HostError naming the device and the step.
 from __future__ import annotations
 
 import ipaddress
+import logging
+import socket
+import struct
+from dataclasses import replace
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from .announce import announcement
 from .errors import HostError
-from .inventory import Inventory, Link, Route
+from .inventory import (
+    RTNH_F_ONLINK,
+    Address,
+    Inventory,
+    Link,
+    Route,
+    is_prefix_route,
+)
+
+log = logging.getLogger("kvmhooks")
 
 IFF_UP = 0x1
-RTPROT_KERNEL = 2
 RTN_UNICAST = 1
 RT_TABLE_MAIN = 254
 RT_SCOPE_UNIVERSE = 0
-RT_SCOPE_LINK = 253
+FOREVER = 0xFFFFFFFF  # an address lifetime that never ends (IFA_CACHEINFO)
+USER_HZ = 100  # the unit of RTA_CACHEINFO's rta_expires
+IFNAMSIZ_MAX = 15
+# The IFA_F_* flags the kernel takes from userspace when adding an address (the rest it
+# sets itself: temporary, secondary, permanent, deprecated, tentative...).
+ADDABLE_FLAGS = 0x02 | 0x04 | 0x10 | 0x100 | 0x200 | 0x400
 # The contract says "passthrough" as libvirt does; the kernel says "passthru".
 _KERNEL_MODE = {"passthrough": "passthru"}
 _CONTRACT_MODE = {"passthru": "passthrough"}
@@ -37,29 +56,25 @@ class Netlink:
 
     def inventory(self, id_paths: dict[str, str] | None = None) -> Inventory:
         """One dump each of links, addresses and main-table routes."""
-        addresses: dict[int, list[str]] = {}
+        link_messages = self.ipr.get_links()
+        names = {msg["index"]: msg.get("IFLA_IFNAME") for msg in link_messages}
+        addresses: dict[int, list[Address]] = {}
         for msg in self.ipr.get_addr():
-            if msg["scope"] != RT_SCOPE_UNIVERSE:
-                continue
-            local = msg.get("IFA_LOCAL") or msg.get("IFA_ADDRESS")
-            addresses.setdefault(msg["index"], []).append(f"{local}/{msg['prefixlen']}")
+            if msg["scope"] == RT_SCOPE_UNIVERSE:
+                addresses.setdefault(msg["index"], []).append(
+                    _address(msg, names.get(msg["index"]) or ""))
         routes: dict[int, list[Route]] = {}
-        prefix_routes: dict[int, list[Route]] = {}
         for msg in self.ipr.get_routes(table=RT_TABLE_MAIN):
             oif = msg.get("RTA_OIF")
             if (msg["type"] != RTN_UNICAST or oif is None
                     or msg.get("RTA_TABLE", RT_TABLE_MAIN) != RT_TABLE_MAIN):
                 continue
             dst = msg.get("RTA_DST")
-            route = Route(dst=f"{dst}/{msg['dst_len']}" if dst else "default",
-                          family=msg["family"], gateway=msg.get("RTA_GATEWAY"),
-                          priority=msg.get("RTA_PRIORITY"), source=msg.get("RTA_PREFSRC"))
             if dst and ipaddress.ip_address(dst).is_link_local:
                 continue  # the kernel's own per-device IPv6 routes: never ours to move
-            kernel = msg["proto"] == RTPROT_KERNEL
-            (prefix_routes if kernel else routes).setdefault(oif, []).append(route)
+            routes.setdefault(oif, []).append(_route(msg))
         links = []
-        for msg in self.ipr.get_links():
+        for msg in link_messages:
             index, name = msg["index"], msg.get("IFLA_IFNAME")
             kind = msg.get(("IFLA_LINKINFO", "IFLA_INFO_KIND"))
             mode = None
@@ -69,56 +84,69 @@ class Netlink:
                 mode = _CONTRACT_MODE.get(mode, mode)
             # IFLA_LINK of a veth, or of any link with IFLA_LINK_NETNSID, is not a parent here.
             parent = msg.get("IFLA_LINK") if msg.get("IFLA_LINK_NETNSID") is None else None
+            held = tuple(addresses.get(index, ()))
+            through = routes.get(index, [])
             links.append(Link(
                 index=index, name=name, kind=kind, mac=msg.get("IFLA_ADDRESS"),
                 alias=msg.get("IFLA_IFALIAS"), master=msg.get("IFLA_MASTER") or None,
                 parent=parent if parent and parent != index else None,
-                up=bool(msg["flags"] & IFF_UP), mode=mode,
-                addresses=tuple(addresses.get(index, ())),
-                routes=tuple(routes.get(index, ())),
-                prefix_routes=tuple(prefix_routes.get(index, ())),
+                up=bool(msg["flags"] & IFF_UP), mode=mode, addresses=held,
+                routes=tuple(r for r in through if not is_prefix_route(r, held)),
+                prefix_routes=tuple(r for r in through if is_prefix_route(r, held)),
                 id_path=(id_paths or {}).get(name),
-                permanent_mac=msg.get("IFLA_PERM_ADDRESS")))
+                permanent_mac=msg.get("IFLA_PERM_ADDRESS"), mtu=msg.get("IFLA_MTU")))
         return Inventory(tuple(links))
 
     # --- changing ----------------------------------------------------------------
 
-    def create_bridge(self, name: str, mac: str | None, mark: str) -> None:
+    def create_bridge(self, name: str, mac: str | None, mark: str, mtu: int | None) -> None:
         extra = {"address": mac} if mac else {}
+        if mtu:
+            extra["mtu"] = mtu
         self._call(f"create bridge {name}", "add", ifname=name, kind="bridge", **extra)
         self._finish_create(name, mark, up=True)
 
-    def create_tap(self, name: str, mac: str, bridge: str, mark: str) -> None:
+    def create_tap(self, name: str, mac: str, bridge: str, mark: str,
+                   mtu: int | None) -> None:
         self._call(f"create tap {name}", "add", ifname=name, kind="tuntap", mode="tap")
-        self._finish_create(name, mark, up=True, address=mac, master=self.index(bridge))
+        self._finish_create(name, mark, up=True, address=mac, mtu=mtu,
+                            master=self.index(bridge))
 
-    def create_macvtap(self, name: str, parent: str, mode: str, mac: str, mark: str) -> None:
+    def create_macvtap(self, name: str, parent: str, mode: str, mac: str, mark: str,
+                       mtu: int | None) -> None:
         kernel_mode = _KERNEL_MODE.get(mode, mode)
+        extra = {"mtu": mtu} if mtu else {}
         self._call(f"create macvtap {name} on {parent}", "add", ifname=name, kind="macvtap",
-                   link=self.index(parent), macvtap_mode=kernel_mode, address=mac)
+                   link=self.index(parent), macvtap_mode=kernel_mode, address=mac, **extra)
         # A passthru macvtap takes its parent's MAC at creation; setting it afterwards
         # sets it on the parent too, which the kernel restores when the macvtap goes.
         self._finish_create(name, mark, up=True,
                             address=mac if kernel_mode == "passthru" else None)
 
-    def create_shim(self, name: str, parent: str, address: str, mark: str) -> None:
+    def create_shim(self, name: str, parent: str, address: Address, mark: str, mac: str,
+                    mtu: int | None) -> None:
+        extra = {"mtu": mtu} if mtu else {}
         self._call(f"create shim {name} on {parent}", "add", ifname=name, kind="macvlan",
-                   link=self.index(parent), macvlan_mode="bridge")
+                   link=self.index(parent), macvlan_mode="bridge", address=mac, **extra)
         self._finish_create(name, mark, up=True)
         try:
             self.add_address(name, address)
         except HostError:
             self.delete_link(name)
             raise
+        self._announce(name, mac, address)
 
     def _finish_create(self, name: str, mark: str, up: bool, address: str | None = None,
-                       master: int | None = None) -> None:
-        """Mark a new device first, then configure it; delete it when any step fails."""
+                       mtu: int | None = None, master: int | None = None) -> None:
+        """Mark a new device first, then configure it; delete it when any step fails.
+        Its MTU comes before its master: a bridge takes the smallest MTU of its ports."""
         try:
             index = self.index(name)
             self._call(f"mark {name}", "set", index=index, ifalias=mark)
             if address:
                 self._call(f"set MAC of {name}", "set", index=index, address=address)
+            if mtu:
+                self._call(f"set MTU of {name}", "set", index=index, mtu=mtu)
             if master:
                 self._call(f"enslave {name}", "set", index=index, master=master)
             if up:
@@ -126,6 +154,16 @@ class Netlink:
         except HostError:
             self.delete_link(name)
             raise
+
+    def _announce(self, name: str, mac: str, address: Address) -> None:
+        """Tell the LAN where the address is now; a lost announcement leaves neighbours
+        to find out by themselves, so it is a warning, not a failure."""
+        try:
+            with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as sock:
+                sock.bind((name, 0))
+                sock.send(announcement(mac, address.cidr))
+        except OSError as error:
+            log.warning("announce %s on %s: %s", address.cidr, name, _reason(error))
 
     def set_state(self, name: str, up: bool) -> None:
         state = "up" if up else "down"
@@ -135,49 +173,80 @@ class Netlink:
         target = self.index(master) if master else 0
         self._call(f"set master of {name}", "set", index=self.index(name), master=target)
 
-    def add_address(self, name: str, address: str) -> None:
-        self._address("add", name, address)
+    def set_mtu(self, name: str, mtu: int) -> None:
+        self._call(f"set MTU {mtu} on {name}", "set", index=self.index(name), mtu=mtu)
 
-    def del_address(self, name: str, address: str) -> None:
-        self._address("del", name, address)
+    def set_mark(self, name: str, mark: str | None) -> None:
+        """Give a device kvmhooks' mark (or take it away: None)."""
+        self._call(f"mark {name}", "set", index=self.index(name), ifalias=mark or "")
 
-    def _address(self, command: str, name: str, address: str) -> None:
-        interface = ipaddress.ip_interface(address)
+    def add_address(self, name: str, address: Address) -> None:
+        """Add an address with its lifetimes, flags, metric, broadcast, label and
+        protocol."""
+        interface = address.interface
+        spec = {"index": self.index(name), "address": str(interface.ip),
+                "prefixlen": interface.network.prefixlen}
+        if address.flags & ADDABLE_FLAGS:
+            spec["IFA_FLAGS"] = address.flags & ADDABLE_FLAGS
+        if address.valid is not None or address.preferred is not None:
+            spec["IFA_CACHEINFO"] = {"ifa_preferred": _or_forever(address.preferred),
+                                     "ifa_valid": _or_forever(address.valid),
+                                     "cstamp": 0, "tstamp": 0}
+        if address.metric is not None:
+            spec["IFA_RT_PRIORITY"] = address.metric
+        if address.broadcast:
+            spec["IFA_BROADCAST"] = address.broadcast
+        if address.label and len(name + address.label) <= IFNAMSIZ_MAX:
+            spec["IFA_LABEL"] = name + address.label
+        if address.protocol is not None:
+            spec["IFA_PROTO"] = address.protocol
         try:
-            self.ipr.addr(command, index=self.index(name), address=str(interface.ip),
+            self.ipr.addr("add", **spec)
+        except (NetlinkError, OSError) as error:
+            raise HostError(f"add address {address} on {name}: {_reason(error)}") from None
+
+    def del_address(self, name: str, address: Address) -> None:
+        interface = address.interface
+        try:
+            self.ipr.addr("del", index=self.index(name), address=str(interface.ip),
                           prefixlen=interface.network.prefixlen)
         except (NetlinkError, OSError) as error:
-            raise HostError(f"{command} address {address} on {name}: {_reason(error)}") from None
+            raise HostError(f"del address {address} on {name}: {_reason(error)}") from None
 
     def set_route_metric(self, route: Route, dev: str, metric: int) -> None:
         """Give a prefix route another metric: add it anew, then remove the old one."""
         index = self.index(dev)
-        # Spelled out in full: a delete matches protocol and scope, and pyroute2's
-        # defaults are not the kernel's own for a prefix route.
-        base = {"dst": route.dst, "family": route.family, "oif": index,
-                "proto": RTPROT_KERNEL, "scope": RT_SCOPE_LINK}
-        new = {**base, "priority": metric}
-        if route.source:
-            new["prefsrc"] = route.source
-        old = {**base, "priority": route.priority or 0}
         try:
             # Appended: IPv4 keys a route by prefix and metric, not by device, and the
             # shim's own route for the prefix may hold that key already (the kernel adds
             # its prefix routes the same way).
-            self.ipr.route("append", **new)
-            self.ipr.route("del", **old)
+            self.ipr.route("append", **_route_spec(replace(route, priority=metric), index))
+            self.ipr.route("del", **_route_spec(replace(route, priority=route.priority or 0),
+                                                index))
         except (NetlinkError, OSError) as error:
             raise HostError(f"set metric {metric} on route {route.describe()} dev {dev}: "
                             f"{_reason(error)}") from None
 
-    def move_route(self, route: Route, target: str) -> None:
-        spec = {"dst": route.dst, "family": route.family, "oif": self.index(target)}
-        if route.gateway:
-            spec["gateway"] = route.gateway
-        if route.priority is not None:
-            spec["priority"] = route.priority
+    def add_route(self, route: Route, dev: str) -> None:
         try:
-            self.ipr.route("replace", **spec)
+            # Appended, as the kernel adds its prefix routes (see set_route_metric).
+            self.ipr.route("append", **_route_spec(route, self.index(dev)))
+        except (NetlinkError, OSError) as error:
+            raise HostError(f"add route {route.describe()} dev {dev}: "
+                            f"{_reason(error)}") from None
+
+    def del_route(self, route: Route, dev: str) -> None:
+        try:
+            self.ipr.route("del", **_route_spec(route, self.index(dev)))
+        except (NetlinkError, OSError) as error:
+            raise HostError(f"delete route {route.describe()} dev {dev}: "
+                            f"{_reason(error)}") from None
+
+    def move_route(self, route: Route, target: str) -> None:
+        """Put a route on another device with all it has (gateway, metric, source,
+        protocol, scope, onlink, preference, metrics, expiry)."""
+        try:
+            self.ipr.route("replace", **_route_spec(route, self.index(target)))
         except (NetlinkError, OSError) as error:
             raise HostError(f"move route {route.describe()} to {target}: "
                             f"{_reason(error)}") from None
@@ -196,6 +265,70 @@ class Netlink:
             self.ipr.link(command, **spec)
         except (NetlinkError, OSError) as error:  # tuntap creation goes through ioctl
             raise HostError(f"{step}: {_reason(error)}") from None
+
+
+def _address(msg, device: str) -> Address:
+    cache = msg.get("IFA_CACHEINFO")
+    local = msg.get("IFA_LOCAL") or msg.get("IFA_ADDRESS")
+    label = msg.get("IFA_LABEL")
+    return Address(
+        cidr=f"{local}/{msg['prefixlen']}",
+        # IFA_FLAGS holds all of them; the header's byte only the first eight.
+        flags=msg.get("IFA_FLAGS") or msg["flags"],
+        valid=_lifetime(cache.get("ifa_valid")) if cache else None,
+        preferred=_lifetime(cache.get("ifa_preferred")) if cache else None,
+        metric=msg.get("IFA_RT_PRIORITY"), broadcast=msg.get("IFA_BROADCAST"),
+        label=label[len(device):] if label and label != device and label.startswith(device)
+        else None,
+        protocol=msg.get("IFA_PROTO"))
+
+
+def _lifetime(value: int | None) -> int | None:
+    return None if value is None or value == FOREVER else value
+
+
+def _or_forever(value: int | None) -> int:
+    return FOREVER if value is None else value
+
+
+def _route(msg) -> Route:
+    dst = msg.get("RTA_DST")
+    cache = msg.get("RTA_CACHEINFO")
+    expires = cache.get("rta_expires") if cache else None
+    metrics = msg.get("RTA_METRICS")
+    return Route(
+        dst=f"{dst}/{msg['dst_len']}" if dst else "default", family=msg["family"],
+        gateway=msg.get("RTA_GATEWAY"), priority=msg.get("RTA_PRIORITY"),
+        source=msg.get("RTA_PREFSRC"), protocol=msg["proto"], scope=msg["scope"],
+        # The other flags tell the device's state (linkdown, dead), not the route's.
+        flags=msg["flags"] & RTNH_F_ONLINK, tos=msg["tos"], pref=msg.get("RTA_PREF"),
+        expires=expires // USER_HZ if expires and expires > 0 else None,
+        metrics=tuple(sorted(metrics["attrs"])) if metrics else ())
+
+
+def _route_spec(route: Route, oif: int) -> dict:
+    """The request that makes ``route`` through device ``oif``, all of it spelled out:
+    the kernel matches a delete by protocol and scope too, and pyroute2's defaults are
+    not the kernel's."""
+    spec = {"dst": route.dst, "family": route.family, "oif": oif, "scope": route.scope,
+            "tos": route.tos}
+    if route.gateway:
+        spec["gateway"] = route.gateway
+    if route.priority is not None:
+        spec["priority"] = route.priority
+    if route.source:
+        spec["prefsrc"] = route.source
+    if route.protocol is not None:
+        spec["proto"] = route.protocol
+    if route.flags:
+        spec["flags"] = route.flags
+    if route.pref is not None:
+        spec["RTA_PREF"] = route.pref
+    if route.expires is not None:
+        spec["RTA_EXPIRES"] = struct.pack("=I", route.expires)
+    if route.metrics:
+        spec["metrics"] = dict(route.metrics)
+    return spec
 
 
 def _reason(error: Exception) -> str:

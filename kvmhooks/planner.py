@@ -143,6 +143,11 @@ def plan_network_start(network: NetworkDef, config: Config, inventory: Inventory
             raise NetworkRefused(f"{subject}: bridge {network.bridge} is not uplink "
                                  f"'{uplink.name}' bridge {uplink.bridge}; use "
                                  f"<bridge name='{uplink.bridge}'/>")
+    elif network.forward_mode == "passthrough" and uplink.bridge:
+        raise NetworkRefused(f"{subject}: forward mode passthrough needs an uplink without "
+                             f"a bridge: uplink '{uplink.name}' has bridge {uplink.bridge}, "
+                             "which holds the host's own address, and a passthrough macvtap "
+                             "on it would take that address off the network")
     elif network.forward_mode in MACVTAP_FORWARD_MODES:
         for dev in network.forward_devs:
             _check_forward_dev(subject, dev, resolution, inventory)

@@ -70,6 +70,11 @@ def uplink_for(tagged: TaggedInterface, domain: Domain, config: Config) -> Uplin
     if attachment.kind == "bridge" and not uplink.bridge:
         raise MetadataError(domain.name, f"type 'bridge' needs a bridge, and uplink "
                             f"'{uplink.name}' has none in {config.path}", tagged.mac)
+    if attachment.kind == "direct" and attachment.mode == "passthrough" and uplink.bridge:
+        raise MetadataError(domain.name, f"mode 'passthrough' needs an uplink without a "
+                            f"bridge: uplink '{uplink.name}' has bridge {uplink.bridge}, "
+                            "which holds the host's own address, and a passthrough macvtap "
+                            "on it would take that address off the network", tagged.mac)
     return uplink
 
 

@@ -7,7 +7,10 @@ own links (``PROTECTED_LINKS``) are never deleted nor used as a parent.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import subprocess
+import time
+from dataclasses import dataclass
 from typing import Any
 
 from pyroute2 import IPRoute, NetNS, netns
@@ -38,7 +41,7 @@ def link_exists(name: str, ns: str | None = None) -> bool:
 def link_info(name: str, ns: str | None = None) -> dict[str, Any] | None:
     """A plain dict about link ``name``: index, ifname, mac, kind, master
     (name or None), up (bool), operstate, alias, addresses (list of 'a/len'),
-    link (parent index, for macvlan/macvtap), mode (macvlan/macvtap mode name).
+    link (parent index, for macvlan/macvtap), mode (macvlan/macvtap mode name), mtu.
     None when the link does not exist."""
     with _ipr(ns) as ipr:
         found = ipr.link_lookup(ifname=name)
@@ -72,6 +75,7 @@ def link_info(name: str, ns: str | None = None) -> dict[str, Any] | None:
         "addresses": addrs,
         "link": msg.get_attr("IFLA_LINK"),
         "mode": mode,
+        "mtu": msg.get_attr("IFLA_MTU"),
     }
 
 
@@ -88,16 +92,158 @@ def marked_links(prefix: str = "kvmhooks:") -> dict[str, str]:
                 if (link.get("IFLA_IFALIAS") or "").startswith(prefix)}
 
 
-def host_state(netlink, names: set[str]) -> dict:
-    """What fault and undo tests compare, read through kvmhooks' own netlink backend
-    (``netlink``): every link of interest, by name, with its parts."""
-    inventory = netlink.inventory()
-    by_index = {link.index: link.name for link in inventory.links}
-    return {link.name: (link.kind, link.mac, link.alias, by_index.get(link.master),
-                        by_index.get(link.parent), link.up, link.mode,
-                        sorted(link.addresses), sorted(map(repr, link.routes)),
-                        sorted(map(repr, link.prefix_routes)))
-            for link in inventory.links if link.name in names or link.name.startswith("kh")}
+#: Address flags that change on their own while DAD runs: not compared.
+IFA_F_TENTATIVE = 0x40
+#: Route flags that tell a device's carrier, not the route: not compared.
+RTNH_F_DEAD, RTNH_F_LINKDOWN = 0x1, 0x10
+FOREVER = 0xFFFFFFFF
+#: Lifetimes and expiries count down: two snapshots agree on one when the later value is
+#: at most the earlier one (and a second of rounding) and no further below it than the
+#: time between them and this.
+LIFETIME_SLACK = 2
+
+
+@dataclass(frozen=True)
+class HostState:
+    """What fault and undo tests compare (see :func:`host_state`)."""
+
+    links: dict  # name -> {part: value}
+    taken: float  # time.monotonic() when it was read
+
+
+def host_state(names: set[str]) -> HostState:
+    """Every link in ``names`` and every ``kh*`` link, read with pyroute2 (not through
+    kvmhooks): kind, MAC, mark, master, parent, up, mode and MTU; every address with its
+    flags, lifetimes, metric, broadcast, label and protocol; every main-table route through
+    it with every property (gateway, metric, source, protocol, scope, flags, TOS, type,
+    preference, metrics, expiry). The kernel's IPv6 link-local addresses and routes are
+    left out (see _kernels_link_local)."""
+    taken = time.monotonic()
+    with IPRoute() as ipr:
+        links = ipr.get_links()
+        by_index = {msg["index"]: msg.get("IFLA_IFNAME") for msg in links}
+        wanted = {msg["index"]: msg.get("IFLA_IFNAME") for msg in links
+                  if msg.get("IFLA_IFNAME") in names
+                  or msg.get("IFLA_IFNAME", "").startswith("kh")}
+        addresses: dict[int, list] = {index: [] for index in wanted}
+        for msg in ipr.get_addr():
+            if msg["index"] in wanted and not _kernels_link_local(
+                    msg.get("IFA_LOCAL") or msg.get("IFA_ADDRESS")):
+                addresses[msg["index"]].append(_address_state(msg, wanted[msg["index"]]))
+        routes: dict[int, list] = {index: [] for index in wanted}
+        for msg in ipr.get_routes(table=254):
+            if msg.get("RTA_OIF") in wanted and msg.get("RTA_TABLE", 254) == 254 \
+                    and not _kernels_link_local(msg.get("RTA_DST")):
+                routes[msg.get("RTA_OIF")].append(_route_state(msg))
+    state = {}
+    for msg in links:
+        index = msg["index"]
+        if index not in wanted:
+            continue
+        info = msg.get("IFLA_LINKINFO")
+        kind = info.get("IFLA_INFO_KIND") if info else None
+        data = info.get("IFLA_INFO_DATA") if info else None
+        mode = (data.get("IFLA_MACVLAN_MODE") or data.get("IFLA_MACVTAP_MODE")) \
+            if data is not None and kind in ("macvlan", "macvtap") else None
+        parent = msg.get("IFLA_LINK") if kind in ("macvlan", "macvtap") else None
+        state[wanted[index]] = {
+            "kind": kind, "mac": msg.get("IFLA_ADDRESS"), "alias": msg.get("IFLA_IFALIAS"),
+            "master": by_index.get(msg.get("IFLA_MASTER")), "parent": by_index.get(parent),
+            "up": bool(msg["flags"] & 1), "mode": mode, "mtu": msg.get("IFLA_MTU"),
+            "addresses": sorted(addresses[index], key=repr),
+            "routes": sorted(routes[index], key=repr)}
+    return HostState(state, taken)
+
+
+def _kernels_link_local(address: str | None) -> bool:
+    """An IPv6 link-local address or its fe80::/64 route: the kernel makes them when a
+    device first has a carrier (a bridge its first port) and keeps them after; kvmhooks
+    neither makes nor moves them (netlink.py leaves link-local routes alone)."""
+    return address is not None and ":" in address and \
+        ipaddress.ip_address(address).is_link_local
+
+
+def _lifetime(value: int | None) -> int | None:
+    return None if value is None or value == FOREVER else value
+
+
+def _address_state(msg, device: str) -> dict:
+    """An address's properties; its label with the device's name as '%', so that one
+    address on two devices compares equal."""
+    cache = msg.get("IFA_CACHEINFO") or {}
+    local = msg.get("IFA_LOCAL") or msg.get("IFA_ADDRESS")
+    label = msg.get("IFA_LABEL")
+    if label and label.startswith(device):
+        label = "%" + label[len(device):]
+    return {"address": f"{local}/{msg['prefixlen']}", "scope": msg["scope"],
+            "flags": (msg.get("IFA_FLAGS") or msg["flags"]) & ~IFA_F_TENTATIVE,
+            "valid": _lifetime(cache.get("ifa_valid")),
+            "preferred": _lifetime(cache.get("ifa_preferred")),
+            "metric": msg.get("IFA_RT_PRIORITY"), "broadcast": msg.get("IFA_BROADCAST"),
+            "label": label, "protocol": msg.get("IFA_PROTO")}
+
+
+def _route_state(msg) -> dict:
+    cache = msg.get("RTA_CACHEINFO") or {}
+    expires = cache.get("rta_expires") or 0
+    metrics = msg.get("RTA_METRICS")
+    dst = msg.get("RTA_DST")
+    return {"dst": f"{dst}/{msg['dst_len']}" if dst else "default",
+            "gateway": msg.get("RTA_GATEWAY"), "metric": msg.get("RTA_PRIORITY"),
+            "source": msg.get("RTA_PREFSRC"), "protocol": msg["proto"],
+            "scope": msg["scope"], "flags": msg["flags"] & ~(RTNH_F_DEAD | RTNH_F_LINKDOWN),
+            "tos": msg["tos"],
+            "type": msg["type"], "pref": msg.get("RTA_PREF"),
+            "metrics": sorted(metrics["attrs"]) if metrics else [],
+            # clock_t (1/100 s) left; 0: the route does not expire
+            "expires": expires // 100 if expires else None}
+
+
+def host_differences(before: HostState, after: HostState) -> list[str]:
+    """How ``after`` differs from ``before`` (empty: the same host), lifetimes and
+    expiries allowed to have counted down for the time between the two."""
+    elapsed = after.taken - before.taken + LIFETIME_SLACK
+    found = []
+    for name in sorted(set(before.links) | set(after.links)):
+        old, new = before.links.get(name), after.links.get(name)
+        if old is None or new is None:
+            found.append(f"{name}: {'appeared' if old is None else 'is gone'}")
+            continue
+        for part in old:
+            if part in ("addresses", "routes"):
+                found += entry_differences(f"{name} {part}", old[part], new[part], elapsed)
+            elif old[part] != new[part]:
+                found.append(f"{name} {part}: {old[part]!r} -> {new[part]!r}")
+    return found
+
+
+_COUNTDOWNS = ("valid", "preferred", "expires")
+
+
+def entry_differences(what: str, old: list[dict], new: list[dict],
+                      elapsed: float) -> list[str]:
+    """How the addresses or routes ``new`` differ from ``old`` (empty: the same),
+    lifetimes and expiries allowed to have counted down for ``elapsed`` seconds."""
+    def fixed(entry: dict) -> dict:
+        return {key: value for key, value in entry.items() if key not in _COUNTDOWNS}
+
+    def counted_down(first: int | None, second: int | None) -> bool:
+        if first is None or second is None:
+            return first == second
+        return first - elapsed <= second <= first + 1
+
+    unmatched = list(new)
+    found = []
+    for entry in old:
+        match = next((other for other in unmatched if fixed(other) == fixed(entry) and all(
+            counted_down(entry[key], other[key]) for key in _COUNTDOWNS if key in entry)),
+            None)
+        if match is None:
+            found.append(f"{what}: lost or changed {entry}")
+        else:
+            unmatched.remove(match)
+    found += [f"{what}: new {entry}" for entry in unmatched]
+    return found
 
 
 def delete_link(name: str, ns: str | None = None) -> bool:
@@ -171,9 +317,13 @@ def remove_netns(name: str) -> None:
         netns.remove(name)
 
 
-def ping(address: str, ns: str | None = None, count: int = 1, timeout: float = 2.0) -> bool:
-    """True when ``address`` answers a ping (from the host, or from inside ``ns``)."""
+def ping(address: str, ns: str | None = None, count: int = 1, timeout: float = 2.0,
+         size: int | None = None) -> bool:
+    """True when ``address`` answers a ping (from the host, or from inside ``ns``); with
+    ``size``, pings of that many payload bytes that may not be fragmented."""
     cmd = ["ping", "-n", "-q", "-c", str(count), "-W", str(max(1, int(timeout))), address]
+    if size is not None:
+        cmd[1:1] = ["-M", "do", "-s", str(size)]
     if ns:
         cmd = ["ip", "netns", "exec", ns, *cmd]
     r = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)

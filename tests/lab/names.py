@@ -18,6 +18,8 @@ from pyroute2 import IPRoute
 TEST_PREFIX = "kt"
 IFNAMSIZ = 15  # the longest kernel link name
 LAB_SUPERNET = ipaddress.ip_network("198.18.0.0/15")
+#: IPv6's benchmarking range (RFC 5180), as 198.18.0.0/15 is IPv4's.
+LAB_SUPERNET6 = ipaddress.ip_network("2001:2::/48")
 
 
 def random_mac(first_octet: int | None = None) -> str:
@@ -58,7 +60,7 @@ def uplink_name() -> str:
 class Subnet:
     """A /24 out of 198.18.0.0/15. ``addr(1)`` -> '198.18.7.1/24', ``ip(1)`` -> '198.18.7.1'."""
 
-    network: ipaddress.IPv4Network
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network
 
     def ip(self, host: int) -> str:
         return str(self.network[host])
@@ -74,20 +76,20 @@ class Subnet:
         return str(self.network)
 
 
-_handed_out: set[ipaddress.IPv4Network] = set()
+_handed_out: set[ipaddress.IPv4Network | ipaddress.IPv6Network] = set()
 
 
-def _routed_networks() -> list[ipaddress.IPv4Network]:
+def _routed_networks(family: int = 2) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
     nets = []
     with IPRoute() as ipr:
         for table in (254, 255):  # main (what `ip route` shows) and local
-            for r in ipr.get_routes(family=2, table=table):
+            for r in ipr.get_routes(family=family, table=table):
                 dst = r.get_attr("RTA_DST")
                 plen = r["dst_len"]
                 if dst is None or plen == 0:
                     continue  # the default route covers nothing specific
                 nets.append(ipaddress.ip_network(f"{dst}/{plen}", strict=False))
-        for a in ipr.get_addr(family=2):
+        for a in ipr.get_addr(family=family):
             nets.append(
                 ipaddress.ip_network(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}", strict=False)
             )
@@ -108,3 +110,16 @@ def pick_subnet() -> Subnet:
         _handed_out.add(net)
         return Subnet(net)
     raise RuntimeError("no free /24 left in 198.18.0.0/15")
+
+
+def pick_subnet6() -> Subnet:
+    """A random /64 in 2001:2::/48 that overlaps no route or address here and was not
+    handed out before in this process. ``addr(1)`` -> '2001:2:0:7a3c::1/64'."""
+    used = _routed_networks(family=10)
+    for _ in range(1000):
+        net = ipaddress.ip_network(f"2001:2:0:{random.randrange(1, 0x10000):x}::/64")
+        if net in _handed_out or any(net.overlaps(u) for u in used):
+            continue
+        _handed_out.add(net)
+        return Subnet(net)
+    raise RuntimeError("no free /64 found in 2001:2::/48")

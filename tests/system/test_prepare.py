@@ -6,6 +6,7 @@ import threading
 
 import pytest
 
+from tests.lab.commands import kvmhooks
 from tests.lab.domains import Iface, domain_xml
 from tests.lab.links import (
     KERNEL_MODE,
@@ -23,11 +24,14 @@ pytestmark = pytest.mark.system
 
 ATTACHMENTS = [("bridge", None), ("direct", "bridge"), ("direct", "private"),
                ("direct", "vepa"), ("direct", "passthrough")]
+# type="bridge" needs an uplink with a bridge; passthrough one without (it would take
+# the host's own address on the bridge off the network).
 CASES = [(kind, mode, with_bridge, native)
          for kind, mode in ATTACHMENTS
          for with_bridge in (True, False)
          for native in (False, True)
-         if not (kind == "bridge" and not with_bridge)]
+         if not (kind == "bridge" and not with_bridge)
+         and not (mode == "passthrough" and with_bridge)]
 
 
 def case_id(case) -> str:
@@ -144,14 +148,14 @@ def test_two_domains_starting_at_once_share_one_bridge(libvirt_conn, cleanup, kh
 
 def test_failed_prepare_undoes_everything_it_built(libvirt_conn, cleanup, kh_config,
                                                   stand_in_nic, subnet):
-    """The second macvtap is passthrough beside another macvtap: the kernel refuses it
-    after the bridge, the enslavement and the first macvtap were built."""
+    """The second macvtap carries the NIC's MAC, which the bridge took: the kernel refuses
+    it (EADDRINUSE) after the bridge, the enslavement and the first macvtap were built."""
     up = lab_uplink(cleanup, stand_in_nic.name, bridge=True)
     kh_config(up.table)
     uplink, bridge = up.name, up.bridge
     before = link_info(stand_in_nic.name)
     first, second = Iface(guest_mac(), "direct", uplink, "bridge"), \
-        Iface(guest_mac(), "direct", uplink, "passthrough")
+        Iface(stand_in_nic.read_mac(), "direct", uplink, "bridge")
     dom = define(libvirt_conn, domain_xml(unique_name("kt-dom-"), [first, second]),
                  cleanup)
     with pytest.raises(Exception) as refused:
@@ -165,3 +169,33 @@ def test_failed_prepare_undoes_everything_it_built(libvirt_conn, cleanup, kh_con
     assert after["master"] is None
     assert after["addresses"] == before["addresses"]
     assert ping(subnet.ip(2))
+
+
+@pytest.mark.parametrize("native", [False, True], ids=["hook-owned", "native"])
+def test_passthrough_on_an_uplink_with_a_bridge_is_refused(native, libvirt_conn, cleanup,
+                                                           kh_config, stand_in_nic, subnet,
+                                                           tmp_path):
+    """A passthrough macvtap on the bridge would take the host's own address (which lives
+    on the bridge) off the network: explain and prepare refuse it in one line naming the
+    uplink, and build nothing."""
+    up = lab_uplink(cleanup, stand_in_nic.name, bridge=True, host_address=subnet.addr(5))
+    kh_config(up.table)
+    iface = Iface(guest_mac(), "direct", up.name, "passthrough", native=native,
+                  source=up.bridge)
+    xml = domain_xml(unique_name("kt-dom-"), [iface])
+    path = tmp_path / "domain.xml"
+    path.write_text(xml)
+
+    explained = kvmhooks("explain", "--xml", str(path))
+    assert explained.returncode == 2 and explained.stdout == ""
+    line = explained.stderr
+    assert line.count("\n") == 1 and f"uplink '{up.name}'" in line and "passthrough" in line
+    assert iface.mac in line
+
+    dom = define(libvirt_conn, xml, cleanup)
+    with pytest.raises(Exception) as refused:
+        dom.create()
+    assert line.strip() in str(refused.value)
+    assert not link_exists(up.bridge) and not link_exists(up.shim)
+    assert link_info(stand_in_nic.name)["master"] is None
+    assert not link_exists(iface.hook_owned_dev)

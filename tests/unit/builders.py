@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from kvmhooks import config as config_module
 from kvmhooks.domain import Domain, parse_domain
-from kvmhooks.inventory import Inventory, Link
+from kvmhooks.inventory import Address, Inventory, Link
 from kvmhooks.names import guest_mark
 from tests.lab import domains as lab_domains
 from tests.lab.domains import (  # noqa: F401 - the unit tests import them from here
@@ -64,6 +64,10 @@ class Host:
         self.specs: dict[str, dict] = {}
 
     def link(self, name: str, kind: str | None = None, **fields) -> Host:
+        """addresses may be given as 'a/len' strings (an Address with nothing else)."""
+        if "addresses" in fields:
+            fields["addresses"] = tuple(Address(a) if isinstance(a, str) else a
+                                        for a in fields["addresses"])
         self.specs[name] = {"kind": kind, "up": True, **fields}
         return self
 

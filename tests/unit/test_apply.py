@@ -9,38 +9,52 @@ import pytest
 
 from kvmhooks.actions import (
     AddAddress,
+    AddRoute,
     CreateBridge,
     CreateMacvtap,
     CreateShim,
     CreateTap,
     DelAddress,
     DeleteLink,
+    DelRoute,
+    MarkLink,
     MoveRoute,
     SetDown,
     SetMaster,
+    SetMtu,
     SetUp,
+    UnmarkLink,
 )
-from kvmhooks.apply import apply, apply_best_effort
+from kvmhooks.apply import apply, apply_best_effort, run_step
 from kvmhooks.errors import ApplyError, HostError
-from kvmhooks.inventory import Route
+from kvmhooks.inventory import Address, Route
+from kvmhooks.state import CreationJournal, creating_marks
 
 from .builders import MAC1
 
 ROUTE = Route("default", 2, gateway="198.18.5.1")
+ADDRESS = Address("198.18.5.10/24", valid=3000, preferred=2000)
+SHIM_ADDRESS = Address("198.18.5.2/24")
 
 
 @pytest.mark.parametrize("action, reverse", [
     (CreateBridge("br-lan", None, "kvmhooks:bridge:lan"), DeleteLink("br-lan", "undo")),
     (CreateTap("kh1", MAC1, "br-lan", "m"), DeleteLink("kh1", "undo")),
     (CreateMacvtap("kh1", MAC1, "eth1", "private", "m"), DeleteLink("kh1", "undo")),
-    (CreateShim("kh-lan", "eth1", "198.18.5.2/24", "m"), DeleteLink("kh-lan", "undo")),
+    (CreateShim("kh-lan", "eth1", SHIM_ADDRESS, "m", "02:00:00:00:00:01", 1500),
+     DeleteLink("kh-lan", "undo")),
     (SetUp("eth1"), SetDown("eth1")),
     (SetDown("eth1"), SetUp("eth1")),
     (SetMaster("eth1", "br-lan", None), SetMaster("eth1", None, "br-lan")),
     (SetMaster("kh1", "br-lan", "br0"), SetMaster("kh1", "br0", "br-lan")),
-    (AddAddress("br-lan", "198.18.5.10/24"), DelAddress("br-lan", "198.18.5.10/24")),
-    (DelAddress("eth1", "198.18.5.10/24"), AddAddress("eth1", "198.18.5.10/24")),
+    (AddAddress("br-lan", ADDRESS), DelAddress("br-lan", ADDRESS)),
+    (DelAddress("eth1", ADDRESS), AddAddress("eth1", ADDRESS)),
     (MoveRoute(ROUTE, "eth1", "br-lan"), MoveRoute(ROUTE, "br-lan", "eth1")),
+    (AddRoute(ROUTE, "eth1"), DelRoute(ROUTE, "eth1")),
+    (DelRoute(ROUTE, "eth1"), AddRoute(ROUTE, "eth1")),
+    (SetMtu("br-lan", 9000, 1500), SetMtu("br-lan", 1500, 9000)),
+    (MarkLink("br-lan", "m"), UnmarkLink("br-lan", "m")),
+    (UnmarkLink("br-lan", "m"), MarkLink("br-lan", "m")),
     (DeleteLink("kh1", "stopped"), None),
 ])
 def test_undo(action, reverse):
@@ -64,20 +78,20 @@ class FakeBackend:
 
 
 PLAN = (
-    CreateBridge("br-lan", "02:00:c6:12:05:01", "kvmhooks:bridge:lan"),
-    AddAddress("br-lan", "198.18.5.10/24"),
+    CreateBridge("br-lan", "02:00:c6:12:05:01", "kvmhooks:bridge:lan", 9000),
+    AddAddress("br-lan", ADDRESS),
     MoveRoute(ROUTE, "eth1", "br-lan"),
     SetMaster("eth1", "br-lan", None),
-    DelAddress("eth1", "198.18.5.10/24"),
-    CreateTap("kh1", "fe:54:00:6b:3c:01", "br-lan", "kvmhooks:guest:u"),
+    DelAddress("eth1", ADDRESS),
+    CreateTap("kh1", "fe:54:00:6b:3c:01", "br-lan", "kvmhooks:guest:u", 9000),
 )
 FORWARD = [
-    ("create_bridge", "br-lan", "02:00:c6:12:05:01", "kvmhooks:bridge:lan"),
-    ("add_address", "br-lan", "198.18.5.10/24"),
+    ("create_bridge", "br-lan", "02:00:c6:12:05:01", "kvmhooks:bridge:lan", 9000),
+    ("add_address", "br-lan", ADDRESS),
     ("move_route", ROUTE, "br-lan"),
     ("set_master", "eth1", "br-lan"),
-    ("del_address", "eth1", "198.18.5.10/24"),
-    ("create_tap", "kh1", "fe:54:00:6b:3c:01", "br-lan", "kvmhooks:guest:u"),
+    ("del_address", "eth1", ADDRESS),
+    ("create_tap", "kh1", "fe:54:00:6b:3c:01", "br-lan", "kvmhooks:guest:u", 9000),
 ]
 
 
@@ -98,14 +112,14 @@ def test_failure_undoes_done_steps_in_reverse():
     assert backend.calls[5:] == [
         ("set_master", "eth1", None),
         ("move_route", ROUTE, "eth1"),
-        ("del_address", "br-lan", "198.18.5.10/24"),
+        ("del_address", "br-lan", ADDRESS),
         ("delete_link", "br-lan"),
     ]
 
 
 def test_failure_at_first_step_undoes_nothing():
     backend = FakeBackend(fail_at=1)
-    with pytest.raises(ApplyError, match="^create bridge br-lan with MAC"):
+    with pytest.raises(ApplyError, match="^create bridge br-lan with MAC .*, MTU 9000 failed"):
         apply(PLAN, backend, "ctx")
     assert len(backend.calls) == 1
 
@@ -135,3 +149,26 @@ def test_best_effort_goes_on_past_failures():
                                  backend, "ctx")
     assert failures == ["delete kh1 (stop): delete_link: Operation not permitted"]
     assert backend.calls == [("delete_link", "kh1"), ("delete_link", "kh2")]
+
+
+def test_an_address_is_described_with_its_lifetimes():
+    assert AddAddress("br-lan", ADDRESS).describe() == \
+        "add address 198.18.5.10/24 (valid 3000 s, preferred 2000 s) to br-lan"
+
+
+def test_a_device_stays_in_the_creation_journal_until_it_carries_its_mark(tmp_path,
+                                                                          monkeypatch):
+    """Marking a device a kill left unmarked takes it out of the journal, once marked;
+    taking the mark away puts it back first."""
+    monkeypatch.setenv("KVMHOOKS_STATE_DIR", str(tmp_path))
+    journal = CreationJournal()
+    journal.begin("br-lan", "m")
+    with pytest.raises(HostError):
+        run_step(MarkLink("br-lan", "m"), FakeBackend(fail_at=1), journal)
+    assert creating_marks() == {"br-lan": "m"}, "still unmarked: still journalled"
+    run_step(MarkLink("br-lan", "m"), FakeBackend(), journal)
+    assert creating_marks() == {}
+    backend = FakeBackend()
+    run_step(UnmarkLink("br-lan", "m"), backend, journal)
+    assert creating_marks() == {"br-lan": "m"} and backend.calls == [
+        ("set_mark", "br-lan", None)]

@@ -42,6 +42,11 @@ def test_full_example():
     assert parsed.path == CONFIG_PATH
 
 
+def test_mtu_is_optional():
+    parsed = make_config('[uplink.lan]\nnic = "eth1"\nmtu = 9000\n[uplink.wan]\nnic = "eth2"\n')
+    assert parsed.uplinks["lan"].mtu == 9000 and parsed.uplinks["wan"].mtu is None
+
+
 def test_config_is_frozen():
     parsed = make_config(FULL)
     with pytest.raises(TypeError):
@@ -87,6 +92,12 @@ def test_toml_syntax_error_has_its_line():
      "uplink.wan.bridge", 6, "already the bridge of uplink 'lan'"),
     ('[uplink.lan]\nnic = "eth1"\nbridge = "eth1"\n', "uplink.lan.bridge", 3,
      "cannot be the NIC itself"),
+    ('[uplink.lan]\nnic = "eth1"\nmtu = 9000.0\n', "uplink.lan.mtu", 3,
+     "must be a whole number from 68 to 65535"),
+    ('[uplink.lan]\nnic = "eth1"\nmtu = "9000"\n', "uplink.lan.mtu", 3, "whole number"),
+    ('[uplink.lan]\nnic = "eth1"\nmtu = true\n', "uplink.lan.mtu", 3, "whole number"),
+    ('[uplink.lan]\nnic = "eth1"\nmtu = 67\n', "uplink.lan.mtu", 3, "whole number"),
+    ('[uplink.lan]\nnic = "eth1"\nmtu = 65536\n', "uplink.lan.mtu", 3, "whole number"),
 ])
 def test_errors_name_file_key_and_line(text, key, line, needle):
     error = _error(text)

@@ -14,7 +14,7 @@ from kvmhooks.actions import (
     SetUp,
 )
 from kvmhooks.errors import EXIT_BAD_INPUT, BadInput, NetworkRefused, NicAbsent
-from kvmhooks.inventory import Route
+from kvmhooks.inventory import Address, Route
 from kvmhooks.names import bridge_mark, guest_mark, network_mark, shim_mark
 from kvmhooks.network import NetworkDef, parse_hook_data
 from kvmhooks.planner import plan_network_start, plan_network_stop
@@ -134,11 +134,11 @@ def test_forward_bridge_builds_the_bridge_with_the_network_mark():
     plan = start(LAN_BRIDGE, host, FORWARD_BRIDGE)
     assert plan.domain is None  # a network's plan is no domain's; its mark names it
     assert plan.actions == (
-        CreateBridge("br-lan", NIC_MAC, MARK),
-        AddAddress("br-lan", ADDRESS),
+        CreateBridge("br-lan", NIC_MAC, MARK, 1500),
+        AddAddress("br-lan", Address(ADDRESS)),
         MoveRoute(DEFAULT, "eth1", "br-lan"),
         SetMaster("eth1", "br-lan", None),
-        DelAddress("eth1", ADDRESS),
+        DelAddress("eth1", Address(ADDRESS)),
     )
     assert plan.resolutions == (Resolution("lan", "eth1", "br-lan"),)
 
@@ -178,7 +178,7 @@ def test_forward_interface_that_is_a_macvtap_is_refused(mode, kind):
     assert "physical NIC" in message and "<interface dev='eth1'/>" in message
 
 
-@pytest.mark.parametrize("mode", MACVTAP_MODES)
+@pytest.mark.parametrize("mode", [m for m in MACVTAP_MODES if m != "passthrough"])
 def test_forward_interface_that_is_a_bridge_port_is_refused_naming_the_bridge(mode):
     host = Host().nic("eth1", master="br-lan").bridge("br-lan")
     message = refused(LAN_BRIDGE, host, macvtap_network(mode, "eth1"))
@@ -215,7 +215,7 @@ def test_forward_interface_that_is_the_uplink_bridge_still_to_build_is_accepted(
     # The plan builds br-lan itself; the check must not refuse the one device it then
     # tells the administrator to use ("does not exist; use <interface dev='br-lan'/>").
     plan = start(LAN_BRIDGE, Host().nic("eth1"), macvtap_network("private", "br-lan"))
-    assert plan.actions == (CreateBridge("br-lan", NIC_MAC, MARK),
+    assert plan.actions == (CreateBridge("br-lan", NIC_MAC, MARK, 1500),
                             SetMaster("eth1", "br-lan", None))
 
 
@@ -241,7 +241,7 @@ def network_bridge(alias: str | None = MARK, **fields) -> Host:
 
 
 GIVE_BACK = (
-    AddAddress("eth1", ADDRESS),
+    AddAddress("eth1", Address(ADDRESS)),
     MoveRoute(DEFAULT, "br-lan", "eth1"),
     SetMaster("eth1", None, "br-lan"),
     DeleteLink("br-lan", f"network {NET} stopped"),
@@ -282,3 +282,15 @@ def test_bridge_still_in_use_is_kept(host):
                                    MARK + "x"])
 def test_bridge_without_this_networks_mark_is_untouched(alias):
     assert plan_network_stop(NET, network_bridge(alias=alias).inventory()).actions == ()
+
+
+@pytest.mark.parametrize("dev", ["br-lan", "eth1"])
+def test_passthrough_on_an_uplink_with_a_bridge_is_refused(dev):
+    """A passthrough macvtap on the bridge would take the host's own address off the
+    network (DESIGN section 4); one on the NIC cannot be (a bridge port)."""
+    host = Host().nic("eth1", master="br-lan").bridge("br-lan", alias=bridge_mark("lan"))
+    message = refused(LAN_BRIDGE, host, macvtap_network("passthrough", dev))
+    assert message == (f"network {NET}: forward mode passthrough needs an uplink without a "
+                       "bridge: uplink 'lan' has bridge br-lan, which holds the host's own "
+                       "address, and a passthrough macvtap on it would take that address "
+                       "off the network")

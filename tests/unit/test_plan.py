@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from kvmhooks.actions import (
@@ -12,13 +14,17 @@ from kvmhooks.actions import (
     CreateTap,
     DelAddress,
     DeleteLink,
+    DelRoute,
+    MarkLink,
     MoveRoute,
     SetMaster,
+    SetMtu,
     SetRouteMetric,
     SetUp,
 )
+from kvmhooks.devices import shim_address, shim_mac
 from kvmhooks.errors import ForeignDevice, HostError, MetadataError, NotAllowed
-from kvmhooks.inventory import Route
+from kvmhooks.inventory import Address, Route, with_creating_marks
 from kvmhooks.names import bridge_mark, guest_mark, shim_mark
 from kvmhooks.planner import plan_prepare, plan_release, plan_repair
 from kvmhooks.sources import BridgeSource, DirectSource, NetworkSource
@@ -50,6 +56,9 @@ DEFAULT = Route("default", 2, gateway="198.18.5.1")
 OTHER_NET = Route("198.19.7.0/24", 2, gateway="198.18.5.254", priority=100)
 LAN_SHIM = LAN + 'host_address = "198.18.5.2/24"\n'
 LAN_BRIDGE_SHIM = LAN_BRIDGE + 'host_address = "198.18.5.2/24"\n'
+SHIM_MAC = shim_mac("lan", NIC_MAC)
+SHIM_ADDRESS = shim_address("198.18.5.2/24")
+MTU = 1500  # what every hand-made link has, unless a test says otherwise
 
 
 def bridged_host() -> Host:
@@ -71,35 +80,35 @@ def test_new_bridge_takes_over_the_nic_and_its_addresses_and_routes():
     host = Host().nic("eth1", addresses=(ADDRESS,), routes=(DEFAULT, OTHER_NET))
     plan = prepare(LAN_BRIDGE, host, *tap_on_bridge())
     assert plan.actions == (
-        CreateBridge("br-lan", NIC_MAC, bridge_mark("lan")),
-        AddAddress("br-lan", ADDRESS),
+        CreateBridge("br-lan", NIC_MAC, bridge_mark("lan"), MTU),
+        AddAddress("br-lan", Address(ADDRESS)),
         MoveRoute(DEFAULT, "eth1", "br-lan"),
         MoveRoute(OTHER_NET, "eth1", "br-lan"),
         SetMaster("eth1", "br-lan", None),
-        DelAddress("eth1", ADDRESS),
-        CreateTap(TAP1, TAP1_MAC, "br-lan", MARK),
+        DelAddress("eth1", Address(ADDRESS)),
+        CreateTap(TAP1, TAP1_MAC, "br-lan", MARK, MTU),
     )
 
 
 def test_bridge_in_place_means_no_shared_action():
     assert prepare(LAN_BRIDGE, bridged_host(), *tap_on_bridge()).actions == (
-        CreateTap(TAP1, TAP1_MAC, "br-lan", MARK),)
+        CreateTap(TAP1, TAP1_MAC, "br-lan", MARK, MTU),)
 
 
 def test_existing_bridge_down_and_nic_down_are_set_up():
     host = Host().nic("eth1", master="br-lan", up=False).bridge("br-lan", up=False)
     assert prepare(LAN_BRIDGE, host, *tap_on_bridge()).actions == (
-        SetUp("br-lan"), SetUp("eth1"), CreateTap(TAP1, TAP1_MAC, "br-lan", MARK))
+        SetUp("br-lan"), SetUp("eth1"), CreateTap(TAP1, TAP1_MAC, "br-lan", MARK, MTU))
 
 
 def test_two_interfaces_on_one_uplink_share_the_bridge_steps():
     plan = prepare(LAN_BRIDGE, Host().nic("eth1"), *tap_on_bridge(),
                    meta(MAC2, "direct", uplink="lan"), hook_owned(MAC2))
     assert plan.actions == (
-        CreateBridge("br-lan", NIC_MAC, bridge_mark("lan")),
+        CreateBridge("br-lan", NIC_MAC, bridge_mark("lan"), MTU),
         SetMaster("eth1", "br-lan", None),
-        CreateTap(TAP1, TAP1_MAC, "br-lan", MARK),
-        CreateMacvtap(TAP2, MAC2, "br-lan", "bridge", MARK),
+        CreateTap(TAP1, TAP1_MAC, "br-lan", MARK, MTU),
+        CreateMacvtap(TAP2, MAC2, "br-lan", "bridge", MARK, MTU),
     )
 
 
@@ -132,11 +141,11 @@ def test_own_shim_on_the_nic_moves_to_the_new_bridge():
     host = Host().nic("eth1").link("kh-lan", "macvlan", parent="eth1", mode="bridge",
                                    alias=shim_mark("lan"), addresses=("198.18.5.2/24",))
     actions = prepare(LAN_BRIDGE_SHIM, host, *tap_on_bridge()).actions
-    assert actions[0] == CreateBridge("br-lan", NIC_MAC, bridge_mark("lan"))
+    assert actions[0] == CreateBridge("br-lan", NIC_MAC, bridge_mark("lan"), MTU)
     assert actions[1] == DeleteLink("kh-lan", "shim moves to the bridge")
     assert SetMaster("eth1", "br-lan", None) in actions
     shims = [a for a in actions if isinstance(a, CreateShim)]
-    assert shims == [CreateShim("kh-lan", "br-lan", "198.18.5.2/24", shim_mark("lan"))]
+    assert shims == [CreateShim("kh-lan", "br-lan", SHIM_ADDRESS, shim_mark("lan"), SHIM_MAC, MTU)]
     assert actions.index(DeleteLink("kh-lan", "shim moves to the bridge")) < \
         actions.index(SetMaster("eth1", "br-lan", None))
 
@@ -150,24 +159,25 @@ def test_own_shim_on_the_nic_moves_to_the_new_bridge():
 def test_shim_created_on_the_lower_device(config_text, host, parent):
     plan = prepare(config_text, host, meta(MAC1, "direct", uplink="lan"), hook_owned(MAC1))
     assert plan.actions == (
-        CreateShim("kh-lan", parent, "198.18.5.2/24", shim_mark("lan")),
-        CreateMacvtap(TAP1, MAC1, parent, "bridge", MARK),
+        CreateShim("kh-lan", parent, SHIM_ADDRESS, shim_mark("lan"), SHIM_MAC, MTU),
+        CreateMacvtap(TAP1, MAC1, parent, "bridge", MARK, MTU),
     )
 
 
 def _shim_host(**fields) -> Host:
     spec = {"parent": "eth1", "mode": "bridge", "alias": shim_mark("lan"),
-            "addresses": ("198.18.5.2/24",), **fields}
+            "addresses": ("198.18.5.2/24",), "mac": SHIM_MAC, **fields}
     return Host().nic("eth1").link("kh-lan", "macvlan", **spec)
 
 
 @pytest.mark.parametrize("fields, expected", [
     ({}, ()),
-    ({"addresses": ()}, (AddAddress("kh-lan", "198.18.5.2/24"),)),
+    ({"addresses": ()}, (AddAddress("kh-lan", SHIM_ADDRESS),)),
     ({"up": False}, (SetUp("kh-lan"),)),
     ({"mode": "private"}, (DeleteLink("kh-lan", "shim of uplink 'lan' is not a bridge-mode "
                                       "macvlan on eth1"),
-                           CreateShim("kh-lan", "eth1", "198.18.5.2/24", shim_mark("lan")))),
+                           CreateShim("kh-lan", "eth1", SHIM_ADDRESS, shim_mark("lan"),
+                                      SHIM_MAC, MTU))),
 ])
 def test_existing_shim(fields, expected):
     plan = prepare(LAN_SHIM, _shim_host(**fields), meta(MAC1, "direct", uplink="lan"),
@@ -183,16 +193,30 @@ def test_unmarked_shim_is_foreign():
 
 # --- hook-owned devices -----------------------------------------------------------------
 
-@pytest.mark.parametrize("mode", ["bridge", "private", "vepa", "passthrough"])
-@pytest.mark.parametrize("config_text, host, parent", [
-    (LAN, Host().nic("eth1"), "eth1"),
-    (LAN_BRIDGE, bridged_host(), "br-lan"),
+@pytest.mark.parametrize("mode, config_text, host, parent", [
+    (mode, *uplink) for mode in ("bridge", "private", "vepa", "passthrough")
+    for uplink in ((LAN, Host().nic("eth1"), "eth1"), (LAN_BRIDGE, bridged_host(), "br-lan"))
+    if not (mode == "passthrough" and uplink[0] == LAN_BRIDGE)  # refused, see below
 ])
 def test_hook_owned_direct_builds_a_macvtap(mode, config_text, host, parent):
     plan = prepare(config_text, host, meta(MAC1, "direct", uplink="lan", mode=mode),
                    hook_owned(MAC1))
-    assert plan.actions == (CreateMacvtap(TAP1, MAC1, parent, mode, MARK),)
+    assert plan.actions == (CreateMacvtap(TAP1, MAC1, parent, mode, MARK, MTU),)
     assert plan.sources == ()
+
+
+@pytest.mark.parametrize("device", [hook_owned(MAC1),
+                                    native_direct(MAC1, "br-lan", "passthrough")],
+                         ids=["hook-owned", "native"])
+def test_passthrough_needs_an_uplink_without_a_bridge(device):
+    """A passthrough macvtap on the bridge would take the host's own address (on the
+    bridge) off the network (DESIGN section 4)."""
+    with pytest.raises(MetadataError) as refused:
+        prepare(LAN_BRIDGE, bridged_host(),
+                meta(MAC1, "direct", uplink="lan", mode="passthrough"), device)
+    assert str(refused.value).startswith(
+        f"domain web1 interface {MAC1}: mode 'passthrough' needs an uplink without a "
+        "bridge: uplink 'lan' has bridge br-lan")
 
 
 def test_correct_tap_is_reused():
@@ -215,7 +239,7 @@ def test_correct_macvtap_is_reused():
 def test_marked_but_wrong_device_is_rebuilt(host):
     assert prepare(LAN_BRIDGE, host, *tap_on_bridge()).actions == (
         DeleteLink(TAP1, "left from an earlier start, rebuilt"),
-        CreateTap(TAP1, TAP1_MAC, "br-lan", MARK),
+        CreateTap(TAP1, TAP1_MAC, "br-lan", MARK, MTU),
     )
 
 
@@ -295,8 +319,8 @@ def test_native_source_that_differs_is_planned(config_text, entry, device, wante
     (LAN_BRIDGE, meta(MAC1, "bridge", uplink="lan"), native_bridge(MAC1, "br-lan")),
     (LAN, meta(MAC1, "direct", uplink="lan"), native_direct(MAC1, "eth1", "bridge")),
     (LAN, meta(MAC1, "direct", uplink="lan", mode="vepa"), native_direct(MAC1, "eth1")),
-    (LAN_BRIDGE, meta(MAC1, "direct", uplink="lan", mode="passthrough"),
-     native_direct(MAC1, "br-lan", "passthrough")),
+    (LAN, meta(MAC1, "direct", uplink="lan", mode="passthrough"),
+     native_direct(MAC1, "eth1", "passthrough")),
     (LAN, meta(MAC1, "network", network="default"), native_network(MAC1, "default")),
 ])
 def test_native_source_that_agrees_is_not_planned(config_text, entry, device):
@@ -307,7 +331,7 @@ def test_native_source_that_agrees_is_not_planned(config_text, entry, device):
 def test_native_bridge_gets_its_bridge_built():
     plan = prepare(LAN_BRIDGE, Host().nic("eth1"), meta(MAC1, "bridge", uplink="lan"),
                    native_bridge(MAC1, "br-lan"))
-    assert plan.actions == (CreateBridge("br-lan", NIC_MAC, bridge_mark("lan")),
+    assert plan.actions == (CreateBridge("br-lan", NIC_MAC, bridge_mark("lan"), MTU),
                             SetMaster("eth1", "br-lan", None))
 
 
@@ -362,7 +386,8 @@ def test_release_with_nothing_marked_is_empty():
 
 # --- the shim's subnet goes through the shim ----------------------------------------------
 
-PREFIX_ROUTE = Route("198.18.5.0/24", 2, source="198.18.5.1")
+# The kernel's prefix route for 198.18.5.1/24, as netlink.py reads it.
+PREFIX_ROUTE = Route("198.18.5.0/24", 2, source="198.18.5.1", protocol=2, scope=253)
 
 
 def test_lower_route_for_the_shims_subnet_is_demoted():
@@ -395,8 +420,7 @@ def test_no_route_change_when_nothing_competes(host):
 
 def test_route_metric_undo_restores_the_kernels_metric():
     step = SetRouteMetric(PREFIX_ROUTE, "eth1", 1024)
-    assert step.undo() == SetRouteMetric(Route("198.18.5.0/24", 2, priority=1024,
-                                               source="198.18.5.1"), "eth1", 0)
+    assert step.undo() == SetRouteMetric(replace(PREFIX_ROUTE, priority=1024), "eth1", 0)
 
 
 # --- a NIC that is away ------------------------------------------------------------------
@@ -416,3 +440,195 @@ def test_a_nic_never_seen_still_refuses_the_start():
         prepare(LAN_BRIDGE, Host(), *tap_on_bridge())
     with pytest.raises(NicAbsent):
         prepare(LAN, Host(), meta(MAC1, "direct", uplink="lan"), hook_owned(MAC1))
+
+
+# --- enslaving converges from every state its own steps leave -------------------------
+
+V6 = Address("2001:2:0:5::10/64", flags=0x300, valid=4000, preferred=3000)  # mngtmpaddr,
+# noprefixroute
+ONLINK = Route("198.19.9.0/24", 2, gateway="198.19.200.1", priority=50, protocol=16,
+               flags=0x4)
+
+
+def test_moved_addresses_and_routes_keep_their_properties():
+    address = Address(ADDRESS, valid=3000, preferred=2000, metric=100,
+                      broadcast="198.18.5.255", label=":1")
+    host = Host().nic("eth1", addresses=(address, V6), routes=(ONLINK,))
+    assert prepare(LAN_BRIDGE, host, *tap_on_bridge()).actions[1:6] == (
+        AddAddress("br-lan", address), AddAddress("br-lan", V6),
+        MoveRoute(ONLINK, "eth1", "br-lan"), SetMaster("eth1", "br-lan", None),
+        DelAddress("eth1", V6))
+
+
+def test_a_nic_that_returns_holding_the_bridges_address_only_gives_it_up():
+    """NetworkManager re-applied the NIC's address after a driver reload; or a kill came
+    between the routes and the enslaving."""
+    host = Host().nic("eth1", addresses=(ADDRESS,)).bridge(
+        "br-lan", alias=bridge_mark("lan"), addresses=(ADDRESS,), routes=(DEFAULT,))
+    assert prepare(LAN_BRIDGE, host, *tap_on_bridge()).actions == (
+        SetMaster("eth1", "br-lan", None), DelAddress("eth1", Address(ADDRESS)),
+        CreateTap(TAP1, TAP1_MAC, "br-lan", MARK, MTU))
+
+
+def test_an_enslaved_nic_that_still_holds_addresses_gives_them_to_the_bridge():
+    """A kill came between the enslaving and the removal of the NIC's addresses, or a
+    network manager put an address back on the port."""
+    host = bridged_host().nic("eth1", master="br-lan", addresses=(ADDRESS, V6),
+                              routes=(ONLINK,))
+    host.specs["br-lan"]["addresses"] = (Address(ADDRESS),)
+    assert prepare(LAN_BRIDGE, host, *tap_on_bridge()).actions == (
+        AddAddress("br-lan", V6), MoveRoute(ONLINK, "eth1", "br-lan"),
+        DelAddress("eth1", V6), DelAddress("eth1", Address(ADDRESS)),
+        CreateTap(TAP1, TAP1_MAC, "br-lan", MARK, MTU))
+
+
+def test_secondary_addresses_are_removed_before_their_primary():
+    """The kernel removes an IPv4 primary's secondaries with it (promote_secondaries
+    off); the undo adds the primary back first."""
+    secondary = Address("198.18.5.11/24", flags=0x1)
+    host = Host().nic("eth1", addresses=(ADDRESS, secondary))
+    actions = prepare(LAN_BRIDGE, host, *tap_on_bridge()).actions
+    assert [a for a in actions if isinstance(a, DelAddress)] == [
+        DelAddress("eth1", secondary), DelAddress("eth1", Address(ADDRESS))]
+
+
+def test_temporary_addresses_move_and_go_first():
+    """The kernel removes a mngtmpaddr address's temporary addresses with it: they are
+    removed from the NIC before it (and moved, with their lifetimes, before that)."""
+    temporary = Address("2001:2:0:5:1234:5678:9abc:def0/64", flags=0x1, valid=3000,
+                        preferred=1000)
+    host = Host().nic("eth1", addresses=(temporary, V6))
+    actions = prepare(LAN_BRIDGE, host, *tap_on_bridge()).actions
+    assert [a for a in actions if isinstance(a, (AddAddress, DelAddress))] == [
+        AddAddress("br-lan", temporary), AddAddress("br-lan", V6),
+        DelAddress("eth1", temporary), DelAddress("eth1", V6)]
+
+
+DYNAMIC6 = Address("2001:2:0:5::10/64", valid=4000, preferred=3000)
+DYNAMIC6_ROUTE = Route("2001:2:0:5::/64", 10, priority=256, protocol=2, expires=3999)
+
+
+def test_the_prefix_route_a_dynamic_ipv6_address_leaves_behind_goes_too():
+    """The kernel leaves the prefix route of an IPv6 address with a lifetime on the
+    device the address left; on a bridge port it would send the prefix's traffic past
+    the bridge."""
+    host = Host().nic("eth1", addresses=(DYNAMIC6,), prefix_routes=(DYNAMIC6_ROUTE,))
+    actions = prepare(LAN_BRIDGE, host, *tap_on_bridge()).actions
+    assert actions[-3:-1] == (DelAddress("eth1", DYNAMIC6), DelRoute(DYNAMIC6_ROUTE, "eth1"))
+
+
+def test_a_route_the_bridge_has_already_only_leaves_the_nic():
+    """A kill came between the address and its left-behind route, or a network manager
+    put the bridge's route on the NIC as well."""
+    host = bridged_host().nic("eth1", master="br-lan", routes=(DYNAMIC6_ROUTE, DEFAULT))
+    host.specs["br-lan"].update(addresses=(DYNAMIC6,), prefix_routes=(DYNAMIC6_ROUTE,))
+    assert prepare(LAN_BRIDGE, host, *tap_on_bridge()).actions[:2] == (
+        DelRoute(DYNAMIC6_ROUTE, "eth1"), MoveRoute(DEFAULT, "eth1", "br-lan"))
+
+
+@pytest.mark.parametrize("name, host", [
+    ("br-lan", Host().nic("eth1", master="br-lan").bridge("br-lan", up=False)),
+    ("kh-lan", bridged_host().link("kh-lan", "macvlan", parent="br-lan", mode="bridge",
+                                   mac=SHIM_MAC, addresses=("198.18.5.2/24",))),
+    (TAP1, bridged_host().link(TAP1, "tun", mac=TAP1_MAC, master="br-lan")),
+], ids=["bridge", "shim", "tap"])
+def test_a_device_a_kill_left_without_its_mark_gets_it(name, host):
+    """Killed between creating it and marking it: the creation journal claims it, the
+    next plan marks it."""
+    marks = {"br-lan": bridge_mark("lan"), "kh-lan": shim_mark("lan"), TAP1: MARK}
+    inventory = with_creating_marks(host.inventory(), {name: marks[name]})
+    plan = plan_prepare(domain(*tap_on_bridge()), make_config(LAN_BRIDGE_SHIM), inventory)
+    assert MarkLink(name, marks[name]) in plan.actions
+    assert not [a for a in plan.actions if isinstance(a, (CreateTap, CreateShim,
+                                                          CreateBridge, DeleteLink))
+                and a.name == name], "kept, not rebuilt"
+
+
+def test_a_route_a_kill_left_with_both_metrics_keeps_the_shims_preference():
+    """Killed between adding the demoted route and removing the old one."""
+    demoted = replace(PREFIX_ROUTE, priority=1024)
+    host = Host().nic("eth1", addresses=("198.18.5.1/24",),
+                      prefix_routes=(PREFIX_ROUTE, demoted))
+    actions = prepare(LAN_SHIM, host, meta(MAC1, "direct", uplink="lan"),
+                      hook_owned(MAC1)).actions
+    assert DelRoute(PREFIX_ROUTE, "eth1") in actions
+    assert not [a for a in actions if isinstance(a, SetRouteMetric)]
+
+
+# --- MTU --------------------------------------------------------------------------------
+
+def test_devices_take_their_lower_devices_mtu():
+    """A new bridge takes its NIC's MTU and a tap its bridge's: a bridge takes the
+    smallest MTU of its ports, so a tap made at 1500 would drag a jumbo bridge down."""
+    host = Host().nic("eth1", mtu=9000)
+    plan = prepare(LAN_BRIDGE_SHIM, host, *tap_on_bridge(),
+                   meta(MAC2, "direct", uplink="lan"), hook_owned(MAC2))
+    assert plan.actions[0] == CreateBridge("br-lan", NIC_MAC, bridge_mark("lan"), 9000)
+    assert CreateShim("kh-lan", "br-lan", SHIM_ADDRESS, shim_mark("lan"), SHIM_MAC,
+                      9000) in plan.actions
+    assert plan.actions[-2:] == (CreateTap(TAP1, TAP1_MAC, "br-lan", MARK, 9000),
+                                 CreateMacvtap(TAP2, MAC2, "br-lan", "bridge", MARK, 9000))
+
+
+def test_uplink_mtu_sets_the_nic_the_bridge_and_everything_on_them():
+    host = bridged_host().link("kh-lan", "macvlan", parent="br-lan", mode="bridge",
+                               alias=shim_mark("lan"), mac=SHIM_MAC,
+                               addresses=("198.18.5.2/24",)).tap(TAP1, TAP1_MAC, "br-lan")
+    plan = prepare(LAN_BRIDGE_SHIM + "mtu = 9000\n", host, *tap_on_bridge(),
+                   meta(MAC2, "direct", uplink="lan"), hook_owned(MAC2))
+    assert plan.actions == (
+        SetMtu("eth1", 9000, 1500), SetMtu("br-lan", 9000, 1500),
+        SetMtu("kh-lan", 9000, 1500), SetMtu(TAP1, 9000, 1500),
+        CreateMacvtap(TAP2, MAC2, "br-lan", "bridge", MARK, 9000))
+
+
+# --- the shim's MAC ---------------------------------------------------------------------
+
+def test_the_shims_mac_is_stable_local_unicast_and_its_own():
+    assert shim_mac("lan", NIC_MAC) == SHIM_MAC
+    assert int(SHIM_MAC[:2], 16) & 0x3 == 0x2
+    assert len({SHIM_MAC, shim_mac("wan", NIC_MAC), shim_mac("lan", "02:00:00:00:00:99")}) == 3
+
+
+def test_the_shim_is_named_by_the_nics_permanent_mac():
+    host = Host().nic("eth1", mac="02:aa:00:00:00:01", permanent_mac=NIC_MAC)
+    actions = prepare(LAN_SHIM, host, meta(MAC1, "direct", uplink="lan"),
+                      hook_owned(MAC1)).actions
+    assert actions[0].mac == SHIM_MAC
+
+
+def test_a_shim_with_another_mac_is_rebuilt():
+    """Made by an earlier kvmhooks with a random MAC: rebuilt with its own, and
+    announced."""
+    actions = prepare(LAN_SHIM, _shim_host(mac="02:00:00:00:00:42"),
+                      meta(MAC1, "direct", uplink="lan"), native_direct(MAC1, "eth1", "bridge"))
+    assert actions.actions == (
+        DeleteLink("kh-lan", f"shim of uplink 'lan' has MAC 02:00:00:00:00:42, not its own "
+                             f"{SHIM_MAC}"),
+        CreateShim("kh-lan", "eth1", SHIM_ADDRESS, shim_mark("lan"), SHIM_MAC, MTU))
+
+
+def _away_host(bridge_mac: str) -> Host:
+    """The NIC is away; the bridge (of another MAC than its NIC's, as a bridge kvmhooks
+    did not create may have) and the shim built while the NIC was there stay."""
+    return Host().bridge("br-lan", mac=bridge_mac, alias=bridge_mark("lan")).link(
+        "kh-lan", "macvlan", parent="br-lan", mode="bridge", alias=shim_mark("lan"),
+        addresses=("198.18.5.2/24",), mac=SHIM_MAC)
+
+
+def test_a_shim_keeps_its_mac_while_its_nic_is_away():
+    """Not rebuilt twice per NIC flap: the bridge's MAC says nothing of the NIC's."""
+    plan = prepare(LAN_BRIDGE_SHIM, _away_host("02:00:00:00:00:77"), *tap_on_bridge())
+    assert plan.resolutions[0].nic is None
+    assert plan.actions == (CreateTap(TAP1, TAP1_MAC, "br-lan", MARK, MTU),)
+
+
+def test_a_shim_built_while_its_nic_is_away_is_named_by_the_bridges_mac():
+    host = Host().bridge("br-lan", alias=bridge_mark("lan"))
+    plan = prepare(LAN_BRIDGE_SHIM, host, *tap_on_bridge())
+    assert plan.actions[0] == CreateShim("kh-lan", "br-lan", SHIM_ADDRESS, shim_mark("lan"),
+                                         SHIM_MAC, MTU)
+
+
+def test_an_ipv6_shim_address_skips_duplicate_address_detection():
+    assert shim_address("2001:2::5/64").flags == 0x2 and shim_address("198.18.5.2/24").flags == 0

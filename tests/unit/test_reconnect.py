@@ -17,6 +17,7 @@ from kvmhooks.actions import (
     SetMaster,
     SetUp,
 )
+from kvmhooks.devices import shim_address, shim_mac
 from kvmhooks.engine.nic import RunningGuest, _replug
 from kvmhooks.errors import MetadataError, NotAllowed
 from kvmhooks.hookclient import Work, triage
@@ -102,10 +103,11 @@ def test_shared_actions_of_several_uplinks():
     resolutions = [Resolution("lan", "eth1", "br-lan"), Resolution("wan", "eth2", None)]
     plan = plan_uplinks(resolutions, config, inventory)
     assert plan.actions == (
-        CreateBridge("br-lan", NIC_MAC, bridge_mark("lan")),
+        CreateBridge("br-lan", NIC_MAC, bridge_mark("lan"), 1500),
         SetMaster("eth1", "br-lan", None),
         SetUp("eth2"),
-        CreateShim("kh-wan", "eth2", "198.18.7.2/24", shim_mark("wan")),
+        CreateShim("kh-wan", "eth2", shim_address("198.18.7.2/24"), shim_mark("wan"),
+                   shim_mac("wan", WAN_MAC), 1500),
     )
     assert plan.resolutions == tuple(resolutions)
 
@@ -167,7 +169,7 @@ def direct_guest(mode: str = "private") -> tuple:
 def test_hook_owned_macvtap_that_died_is_rebuilt_and_replugged(config_text, host, lower):
     plan, replugs = reconnect(config_text, host, *direct_guest())
     assert plan.domain == "web1" and plan.uuid == UUID
-    assert plan.actions == (CreateMacvtap(TAP1, MAC1, lower, "private", MARK),)
+    assert plan.actions == (CreateMacvtap(TAP1, MAC1, lower, "private", MARK, 1500),)
     assert replugs == (Replug(MAC1, None, True),)
 
 
@@ -176,7 +178,7 @@ def test_stale_marked_macvtap_is_deleted_then_rebuilt():
     host = Host().nic("eth1").nic("eth7", mac=MAC3).macvtap(TAP1, MAC1, "eth7", "private")
     plan, replugs = reconnect(LAN, host, *direct_guest())
     assert plan.actions == (DeleteLink(TAP1, "left from an earlier start, rebuilt"),
-                            CreateMacvtap(TAP1, MAC1, "eth1", "private", MARK))
+                            CreateMacvtap(TAP1, MAC1, "eth1", "private", MARK, 1500))
     assert replugs == (Replug(MAC1, None, True),)
 
 
@@ -226,7 +228,7 @@ def test_macvtap_of_the_wrong_kind_is_not_healthy():
     host = Host().nic("eth1").tap(TAP1, TAP1_MAC, None)  # a tap where a macvtap belongs
     plan, replugs = reconnect(LAN, host, *direct_guest())
     assert plan.actions == (DeleteLink(TAP1, "left from an earlier start, rebuilt"),
-                            CreateMacvtap(TAP1, MAC1, "eth1", "private", MARK))
+                            CreateMacvtap(TAP1, MAC1, "eth1", "private", MARK, 1500))
     assert replugs == (Replug(MAC1, None, True),)
 
 
@@ -246,7 +248,7 @@ def test_only_the_affected_uplinks_interfaces_are_replugged():
     plan, replugs = reconnect(
         LAN + WAN, host, *direct_guest(),
         meta(MAC2, "direct", uplink="wan"), hook_owned(MAC2), nic="eth2")
-    assert plan.actions == (CreateMacvtap(TAP2, MAC2, "eth2", "bridge", MARK),)
+    assert plan.actions == (CreateMacvtap(TAP2, MAC2, "eth2", "bridge", MARK, 1500),)
     assert replugs == (Replug(MAC2, None, True),)
 
 
@@ -262,7 +264,7 @@ def test_unplugged_hook_owned_interface_is_attached_only():
 def test_unplugged_hook_owned_interface_without_device_is_rebuilt_and_attached():
     plan, replugs = reconnect(LAN, Host().nic("eth1"), *direct_guest(),
                               unplugged=frozenset({MAC1}))
-    assert plan.actions == (CreateMacvtap(TAP1, MAC1, "eth1", "private", MARK),)
+    assert plan.actions == (CreateMacvtap(TAP1, MAC1, "eth1", "private", MARK, 1500),)
     assert replugs == (Replug(MAC1, None, False),)
 
 
@@ -295,7 +297,7 @@ def test_allowlist_does_not_hold_for_other_uplinks():
     host = Host().nic("eth1").nic("eth2", mac=WAN_MAC)
     plan, replugs = reconnect(config_text, host, *direct_guest(),
                               meta(MAC2, "direct", uplink="wan"), hook_owned(MAC2), nic="eth1")
-    assert plan.actions == (CreateMacvtap(TAP1, MAC1, "eth1", "private", MARK),)
+    assert plan.actions == (CreateMacvtap(TAP1, MAC1, "eth1", "private", MARK, 1500),)
     assert replugs == (Replug(MAC1, None, True),)
 
 
