@@ -303,7 +303,7 @@ def _route(msg) -> Route:
         # The other flags tell the device's state (linkdown, dead), not the route's.
         flags=msg["flags"] & RTNH_F_ONLINK, tos=msg["tos"], pref=msg.get("RTA_PREF"),
         expires=expires // USER_HZ if expires and expires > 0 else None,
-        metrics=tuple(sorted(metrics["attrs"])) if metrics else ())
+        metrics=tuple(sorted((nla[0], nla[1]) for nla in metrics["attrs"])) if metrics else ())
 
 
 def _route_spec(route: Route, oif: int) -> dict:

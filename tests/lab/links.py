@@ -194,7 +194,7 @@ def _route_state(msg) -> dict:
             "scope": msg["scope"], "flags": msg["flags"] & ~(RTNH_F_DEAD | RTNH_F_LINKDOWN),
             "tos": msg["tos"],
             "type": msg["type"], "pref": msg.get("RTA_PREF"),
-            "metrics": sorted(metrics["attrs"]) if metrics else [],
+            "metrics": sorted((nla[0], nla[1]) for nla in metrics["attrs"]) if metrics else [],
             # clock_t (1/100 s) left; 0: the route does not expire
             "expires": expires // 100 if expires else None}
 

@@ -49,8 +49,9 @@ class NicAddress:
 @dataclass(frozen=True)
 class NicRoute:
     """A route through the stand-in NIC that plug() adds after the NIC's addresses:
-    ``onlink`` for a gateway outside the NIC's subnets, ``proto``, ``metric`` and
-    ``expires`` as a DHCP client, NetworkManager or a router advertisement sets them."""
+    ``onlink`` for a gateway outside the NIC's subnets, ``proto``, ``metric``,
+    ``expires`` and ``metrics`` as a DHCP client, NetworkManager or a router
+    advertisement sets them."""
 
     dst: str
     gateway: str | None = None
@@ -58,6 +59,7 @@ class NicRoute:
     proto: int | None = None
     metric: int | None = None
     expires: int | None = None  # seconds (IPv6 routes only, as a router advertisement's)
+    metrics: tuple[tuple[str, int], ...] = ()  # RTAX_*: ("mtu", 1400), ("advmss", 1360)
 
 
 @contextlib.contextmanager
@@ -280,6 +282,8 @@ def _add_route(ipr, index: int, route: NicRoute) -> None:
         spec["proto"] = route.proto
     if route.metric is not None:
         spec["priority"] = route.metric
+    if route.metrics:
+        spec["metrics"] = dict(route.metrics)
     ipr.route("add", **spec)
 
 

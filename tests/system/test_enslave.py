@@ -42,7 +42,8 @@ def errors_in(syslog, mark: int) -> list[str]:
 def test_moved_addresses_and_routes_keep_their_properties(libvirt_conn, cleanup,
                                                           kh_config, subnet):
     """A DHCP lease, an IPv6 address with lifetimes and NetworkManager's flags, its
-    prefix route, an onlink route and a router's route: on the bridge as on the NIC."""
+    prefix route, an onlink route with a path MTU and MSS, and a router's route: on
+    the bridge as on the NIC."""
     v6, other, other6 = pick_subnet6(), pick_subnet(), pick_subnet6()
     nic = StandInNic(
         cleanup, None, None, subnet.addr(2), lan_addresses=(v6.addr(2),),
@@ -51,7 +52,7 @@ def test_moved_addresses_and_routes_keep_their_properties(libvirt_conn, cleanup,
                               flags=IFA_F_MANAGETEMPADDR | IFA_F_NOPREFIXROUTE)),
         routes=(NicRoute(str(v6.network), proto=RTPROT_RA, metric=100),
                 NicRoute(str(other.network), other.ip(1), onlink=True, proto=RTPROT_DHCP,
-                         metric=50),
+                         metric=50, metrics=(("mtu", 1400), ("advmss", 1360))),
                 NicRoute(str(other6.network), "fe80::1", proto=RTPROT_RA, metric=1024,
                          expires=1800)))
     up = lab_uplink(cleanup, nic.name, bridge=True)
