@@ -11,7 +11,6 @@ Kernel facts behind it:
 from __future__ import annotations
 
 import hashlib
-import socket
 from dataclasses import dataclass
 
 from .actions import (
@@ -88,18 +87,6 @@ def guest_link(tagged: TaggedInterface, resolution: Resolution) -> WantedLink:
 def _route_key(route: Route) -> tuple:
     """What makes two routes one for the kernel's choice of a way out."""
     return route.dst, route.family, route.priority, route.gateway
-
-
-def _left_behind(prefix_routes: tuple[Route, ...], removed: list[Address]) -> list[Route]:
-    """The prefix routes of IPv6 addresses with a finite lifetime: the kernel leaves
-    them on the device when the address goes, to expire with the lifetime it had
-    (addrconf's check_cleanup_prefix_route is for permanent addresses only)."""
-    dynamic = {str(a.interface.network) for a in removed
-               if a.family == socket.AF_INET6 and a.valid is not None and a.makes_prefix_route}
-    permanent = {str(a.interface.network) for a in removed
-                 if a.family == socket.AF_INET6 and a.valid is None}
-    return [route for route in prefix_routes
-            if route.dst in dynamic and route.dst not in permanent]
 
 
 def shim_mac(uplink: str, host_mac: str) -> str:
@@ -251,8 +238,6 @@ class DevicePlanner:
         # primary's secondaries with it, and a mngtmpaddr address's temporary ones.
         removing = sorted(reversed(nic.addresses), key=lambda address: not address.temporary)
         self.actions.extend(DelAddress(nic.name, address) for address in removing)
-        self.actions.extend(DelRoute(route, nic.name)
-                            for route in _left_behind(nic.prefix_routes, removing))
 
     def shim(self, uplink: Uplink, lower: str, host_mac: str | None,
              nic_away: bool = False) -> None:

@@ -6,6 +6,7 @@ Every kernel refusal becomes a HostError naming the device and the step.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
 import socket
@@ -24,6 +25,7 @@ from .inventory import (
     Link,
     Route,
     is_prefix_route,
+    prefix_route,
 )
 
 log = logging.getLogger("kvmhooks")
@@ -206,12 +208,33 @@ class Netlink:
             raise HostError(f"add address {address} on {name}: {_reason(error)}") from None
 
     def del_address(self, name: str, address: Address) -> None:
+        """Remove an address, and the prefix route the kernel made for it wherever the
+        kernel leaves that route behind: an IPv6 address with a finite lifetime keeps
+        its prefix route until the lifetime ends (addrconf's check_cleanup_prefix_route
+        acts for permanent addresses alone), which on a bridge port would send the
+        prefix's traffic past the bridge."""
         interface = address.interface
+        index = self.index(name)
         try:
-            self.ipr.addr("del", index=self.index(name), address=str(interface.ip),
+            self.ipr.addr("del", index=index, address=str(interface.ip),
                           prefixlen=interface.network.prefixlen)
+            if address.family == socket.AF_INET6 and address.valid is not None \
+                    and address.makes_prefix_route:
+                self._del_prefix_route_left_by(index, address)
         except (NetlinkError, OSError) as error:
             raise HostError(f"del address {address} on {name}: {_reason(error)}") from None
+
+    def _del_prefix_route_left_by(self, index: int, address: Address) -> None:
+        network = address.interface.network
+        for msg in self.ipr.get_addr(family=socket.AF_INET6, index=index):
+            other = _address(msg, "")
+            if other.interface.network == network and other.makes_prefix_route:
+                return  # the route is that address's too
+        try:
+            self.ipr.route("del", **_route_spec(prefix_route(address), index))
+        except NetlinkError as error:
+            if error.code != errno.ESRCH:  # its lifetime had ended already
+                raise
 
     def set_route_metric(self, route: Route, dev: str, metric: int) -> None:
         """Give a prefix route another metric: add it anew, then remove the old one."""

@@ -16,7 +16,7 @@ from typing import Any
 from pyroute2 import IPRoute, NetNS, netns
 
 from .cleanup import Cleanup
-from .names import TEST_PREFIX, unique_name
+from .names import TEST_PREFIX, random_mac, unique_name
 
 PROTECTED_LINKS = frozenset({"eth0", "lo"})
 #: libvirt's macvtap mode names where the kernel's (what link_info reports) differ.
@@ -290,9 +290,11 @@ def create_macvtap(
 
 
 def create_bridge(name: str, cleanup: Cleanup, address: str | None = None) -> int:
-    """An up Linux bridge ``name`` (optionally with ``address`` 'a/len'), removed at cleanup."""
+    """An up Linux bridge ``name`` (optionally with ``address`` 'a/len'), removed at
+    cleanup. Its MAC is set, as an administrator's bridge has one (NetworkManager and
+    networkd set it): a bridge with a kernel-chosen MAC takes its first port's."""
     with IPRoute() as ipr:
-        ipr.link("add", ifname=name, kind="bridge")
+        ipr.link("add", ifname=name, kind="bridge", address=random_mac())
         delete_link_later(cleanup, name)
         idx = ipr.link_lookup(ifname=name)[0]
         if address:

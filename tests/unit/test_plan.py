@@ -508,15 +508,6 @@ DYNAMIC6 = Address("2001:2:0:5::10/64", valid=4000, preferred=3000)
 DYNAMIC6_ROUTE = Route("2001:2:0:5::/64", 10, priority=256, protocol=2, expires=3999)
 
 
-def test_the_prefix_route_a_dynamic_ipv6_address_leaves_behind_goes_too():
-    """The kernel leaves the prefix route of an IPv6 address with a lifetime on the
-    device the address left; on a bridge port it would send the prefix's traffic past
-    the bridge."""
-    host = Host().nic("eth1", addresses=(DYNAMIC6,), prefix_routes=(DYNAMIC6_ROUTE,))
-    actions = prepare(LAN_BRIDGE, host, *tap_on_bridge()).actions
-    assert actions[-3:-1] == (DelAddress("eth1", DYNAMIC6), DelRoute(DYNAMIC6_ROUTE, "eth1"))
-
-
 def test_a_route_the_bridge_has_already_only_leaves_the_nic():
     """A kill came between the address and its left-behind route, or a network manager
     put the bridge's route on the NIC as well."""
