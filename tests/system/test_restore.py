@@ -55,7 +55,7 @@ def test_restore_follows_the_uplink_to_another_nic(libvirt_conn, cleanup, kh_con
 def test_migrate_hook_prints_one_rewritten_document(cleanup, kh_config):
     nic = StandInNic(cleanup)
     kh_config(f'[uplink.lan]\nnic = "{nic.name}"\nbridge = "ktbr-remote"\n')
-    native = [Iface(guest_mac(), "direct", "lan", "passthrough", native=True, source="eth7",
+    native = [Iface(guest_mac(), "direct", "lan", "bridge", native=True, source="eth7",
                     source_mode="vepa"),
               Iface(guest_mac(), "bridge", "lan", native=True, source="br-source-host")]
     hook_owned = Iface(guest_mac(), "direct", "lan", "private")
@@ -66,7 +66,7 @@ def test_migrate_hook_prints_one_rewritten_document(cleanup, kh_config):
     root = etree.fromstring(result.stdout)  # exactly one document, or this raises
     sources = {i.find("mac").get("address"): (i.get("type"), dict(i.find("source").attrib))
                for i in root.findall("devices/interface") if i.find("source") is not None}
-    assert sources == {native[0].mac: ("direct", {"dev": "ktbr-remote", "mode": "passthrough"}),
+    assert sources == {native[0].mac: ("direct", {"dev": "ktbr-remote", "mode": "bridge"}),
                        native[1].mac: ("bridge", {"bridge": "ktbr-remote"})}
     assert root.find("devices/interface[@type='ethernet']/target").get("dev") == \
         hook_owned.hook_owned_dev
