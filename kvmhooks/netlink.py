@@ -251,28 +251,17 @@ class Netlink:
                             f"{_reason(error)}") from None
 
     def add_route(self, route: Route, dev: str) -> None:
-        try:
-            # Appended, as the kernel adds its prefix routes (see set_route_metric).
-            self.ipr.route("append", **_route_spec(route, self.index(dev)))
-        except (NetlinkError, OSError) as error:
-            raise HostError(f"add route {route.describe()} dev {dev}: "
-                            f"{_reason(error)}") from None
+        # Appended, as the kernel adds its prefix routes (see set_route_metric).
+        self._route_call(f"add route {route.describe()} dev {dev}", "append", route, dev)
 
     def del_route(self, route: Route, dev: str) -> None:
-        try:
-            self.ipr.route("del", **_route_spec(route, self.index(dev)))
-        except (NetlinkError, OSError) as error:
-            raise HostError(f"delete route {route.describe()} dev {dev}: "
-                            f"{_reason(error)}") from None
+        self._route_call(f"delete route {route.describe()} dev {dev}", "del", route, dev)
 
     def move_route(self, route: Route, target: str) -> None:
         """Put a route on another device with all it has (gateway, metric, source,
         protocol, scope, onlink, preference, metrics, expiry)."""
-        try:
-            self.ipr.route("replace", **_route_spec(route, self.index(target)))
-        except (NetlinkError, OSError) as error:
-            raise HostError(f"move route {route.describe()} to {target}: "
-                            f"{_reason(error)}") from None
+        self._route_call(f"move route {route.describe()} to {target}", "replace", route,
+                         target)
 
     def delete_link(self, name: str) -> None:
         self._call(f"delete {name}", "del", index=self.index(name))
@@ -282,6 +271,12 @@ class Netlink:
         if not found:
             raise HostError(f"device {name} not found")
         return found[0]
+
+    def _route_call(self, step: str, command: str, route: Route, dev: str) -> None:
+        try:
+            self.ipr.route(command, **_route_spec(route, self.index(dev)))
+        except (NetlinkError, OSError) as error:
+            raise HostError(f"{step}: {_reason(error)}") from None
 
     def _call(self, step: str, command: str, **spec) -> None:
         try:

@@ -29,9 +29,11 @@ from .names import IFNAMSIZ, TEST_PREFIX, random_mac, unique_name
 from .wait import wait_for
 
 FOREVER = 0xFFFFFFFF  # a lifetime that never ends (IFA_CACHEINFO)
+IFA_F_TEMPORARY = 0x01
 IFA_F_MANAGETEMPADDR = 0x100
 IFA_F_NOPREFIXROUTE = 0x200
 RTNH_F_ONLINK = 0x4
+RTPROT_RA, RTPROT_DHCP = 9, 16  # who made a route: a router advertisement, DHCP
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,9 @@ from tests.lab.names import guest_mac, pick_subnet, pick_subnet6, unique_name
 from tests.lab.nic import (
     IFA_F_MANAGETEMPADDR,
     IFA_F_NOPREFIXROUTE,
+    IFA_F_TEMPORARY,
+    RTPROT_DHCP,
+    RTPROT_RA,
     NicAddress,
     NicRoute,
     StandInNic,
@@ -25,8 +28,6 @@ from tests.lab.wait import wait_for
 
 pytestmark = pytest.mark.system
 
-RTPROT_RA, RTPROT_DHCP = 9, 16
-IFA_F_TEMPORARY = 0x01
 
 
 def global_only(entries: list[dict]) -> list[dict]:

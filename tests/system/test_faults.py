@@ -21,6 +21,8 @@ from tests.lab.names import guest_mac, pick_subnet, pick_subnet6
 from tests.lab.nic import (
     IFA_F_MANAGETEMPADDR,
     IFA_F_NOPREFIXROUTE,
+    RTPROT_DHCP,
+    RTPROT_RA,
     NicAddress,
     NicRoute,
     StandInNic,
@@ -30,7 +32,6 @@ from tests.lab.uplinks import lab_uplink
 
 pytestmark = pytest.mark.system
 
-RTPROT_RA, RTPROT_DHCP = 9, 16
 
 
 def fail(change: int) -> None:

@@ -17,13 +17,18 @@ from tests.lab.cleanup import Cleanup
 from tests.lab.domains import Iface
 from tests.lab.links import create_bridge, delete_link_later, host_differences, host_state
 from tests.lab.names import guest_mac, pick_subnet, pick_subnet6, unique_name
-from tests.lab.nic import IFA_F_MANAGETEMPADDR, NicAddress, NicRoute, StandInNic
+from tests.lab.nic import (
+    IFA_F_MANAGETEMPADDR,
+    RTPROT_DHCP,
+    NicAddress,
+    NicRoute,
+    StandInNic,
+)
 from tests.lab.plans import planned_domain
 from tests.lab.uplinks import lab_uplink
 
 pytestmark = pytest.mark.system
 
-RTPROT_DHCP = 16
 
 hosts = st.fixed_dictionaries({
     "bridged": st.booleans(),
