@@ -14,7 +14,17 @@ import struct
 from dataclasses import replace
 
 from pyroute2 import IPRoute
+from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST
 from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl import (
+    RTM_DELADDR,
+    RTM_DELLINK,
+    RTM_DELROUTE,
+    RTM_NEWADDR,
+    RTM_NEWLINK,
+)
+from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
+from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
 from .announce import announcement
 from .errors import HostError
@@ -43,13 +53,55 @@ ADDABLE_FLAGS = 0x02 | 0x04 | 0x10 | 0x100 | 0x200 | 0x400
 # The contract says "passthrough" as libvirt does; the kernel says "passthru".
 _KERNEL_MODE = {"passthrough": "passthru"}
 _CONTRACT_MODE = {"passthru": "passthrough"}
+# pyroute2 0.5.14 sends its "del" requests with NLM_F_CREATE | NLM_F_EXCL, which kernels
+# since 5.19 read as a bulk delete and refuse ("Operation not supported"). Every release
+# takes the request type and flags spelled out.
+_DELETE = NLM_F_REQUEST | NLM_F_ACK
+
+
+def _naming(base: type, first_type: int, attributes: tuple) -> type:
+    """``base``, or a subclass of it that names ``attributes`` (the kernel's types
+    ``first_type`` and up) where this pyroute2 leaves some of them unnamed: it reads an
+    unnamed attribute as UNKNOWN and drops it from what it sends. pyroute2 before 0.9
+    does not name IFA_RT_PRIORITY (9) or IFA_PROTO (11), and 0.5 not IFLA_PERM_ADDRESS
+    (54); their maps number attributes by position (include/uapi/linux/if_addr.h,
+    if_link.h)."""
+    known = {entry[1] if isinstance(entry[0], int) else entry[0] for entry in base.nla_map}
+    if all(name in known for name, _ in attributes) or isinstance(base.nla_map[0][0], int) \
+            or not first_type <= len(base.nla_map) < first_type + len(attributes):
+        return base
+    named = type(base.__name__, (base,), {"nla_map": tuple(base.nla_map) + tuple(
+        attributes[len(base.nla_map) - first_type:])})
+    # pyroute2 compiles a map once per class, and a subclass inherits its parent's flag
+    # that says it is done: compile this one explicitly.
+    named().compile_nla()
+    return named
+
+
+_ADDRESS_MESSAGE = _naming(ifaddrmsg, 9, (("IFA_RT_PRIORITY", "uint32"),
+                                          ("IFA_TARGET_NETNSID", "hex"),
+                                          ("IFA_PROTO", "uint8")))
+_LINK_MESSAGE = _naming(ifinfmsg, 50, (("IFLA_MIN_MTU", "uint32"), ("IFLA_MAX_MTU", "uint32"),
+                                       ("IFLA_PROP_LIST", "hex"), ("IFLA_ALT_IFNAME", "asciiz"),
+                                       ("IFLA_PERM_ADDRESS", "l2addr")))
+
+
+def route_socket() -> IPRoute:
+    """An rtnetlink socket that reads every attribute kvmhooks keeps, whatever the
+    pyroute2 release."""
+    ipr = IPRoute()
+    if _ADDRESS_MESSAGE is not ifaddrmsg:
+        ipr.marshal.msg_map[RTM_NEWADDR] = _ADDRESS_MESSAGE
+    if _LINK_MESSAGE is not ifinfmsg:
+        ipr.marshal.msg_map[RTM_NEWLINK] = _LINK_MESSAGE
+    return ipr
 
 
 class Netlink:
     """One rtnetlink socket; close() it when done."""
 
     def __init__(self):
-        self.ipr = IPRoute()
+        self.ipr = route_socket()
 
     def close(self) -> None:
         self.ipr.close()
@@ -59,7 +111,7 @@ class Netlink:
     def inventory(self, id_paths: dict[str, str] | None = None) -> Inventory:
         """One dump each of links, addresses and main-table routes."""
         link_messages = self.ipr.get_links()
-        names = {msg["index"]: msg.get("IFLA_IFNAME") for msg in link_messages}
+        names = {msg["index"]: msg.get_attr("IFLA_IFNAME") for msg in link_messages}
         addresses: dict[int, list[Address]] = {}
         for msg in self.ipr.get_addr():
             if msg["scope"] == RT_SCOPE_UNIVERSE:
@@ -67,36 +119,37 @@ class Netlink:
                     _address(msg, names.get(msg["index"]) or ""))
         routes: dict[int, list[Route]] = {}
         for msg in self.ipr.get_routes(table=RT_TABLE_MAIN):
-            oif = msg.get("RTA_OIF")
+            oif = msg.get_attr("RTA_OIF")
             if (msg["type"] != RTN_UNICAST or oif is None
-                    or msg.get("RTA_TABLE", RT_TABLE_MAIN) != RT_TABLE_MAIN):
+                    or msg.get_attr("RTA_TABLE", RT_TABLE_MAIN) != RT_TABLE_MAIN):
                 continue
-            dst = msg.get("RTA_DST")
+            dst = msg.get_attr("RTA_DST")
             if dst and ipaddress.ip_address(dst).is_link_local:
                 continue  # the kernel's own per-device IPv6 routes: never ours to move
             routes.setdefault(oif, []).append(_route(msg))
         links = []
         for msg in link_messages:
-            index, name = msg["index"], msg.get("IFLA_IFNAME")
-            kind = msg.get(("IFLA_LINKINFO", "IFLA_INFO_KIND"))
+            index, name = msg["index"], msg.get_attr("IFLA_IFNAME")
+            kind = msg.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND")
             mode = None
             if kind in ("macvlan", "macvtap"):
                 mode = msg.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA",
                                       f"IFLA_{kind.upper()}_MODE")
                 mode = _CONTRACT_MODE.get(mode, mode)
             # IFLA_LINK of a veth, or of any link with IFLA_LINK_NETNSID, is not a parent here.
-            parent = msg.get("IFLA_LINK") if msg.get("IFLA_LINK_NETNSID") is None else None
+            parent = msg.get_attr("IFLA_LINK") if msg.get_attr("IFLA_LINK_NETNSID") is None \
+                else None
             held = tuple(addresses.get(index, ()))
             through = routes.get(index, [])
             links.append(Link(
-                index=index, name=name, kind=kind, mac=msg.get("IFLA_ADDRESS"),
-                alias=msg.get("IFLA_IFALIAS"), master=msg.get("IFLA_MASTER") or None,
+                index=index, name=name, kind=kind, mac=msg.get_attr("IFLA_ADDRESS"),
+                alias=msg.get_attr("IFLA_IFALIAS"), master=msg.get_attr("IFLA_MASTER") or None,
                 parent=parent if parent and parent != index else None,
                 up=bool(msg["flags"] & IFF_UP), mode=mode, addresses=held,
                 routes=tuple(r for r in through if not is_prefix_route(r, held)),
                 prefix_routes=tuple(r for r in through if is_prefix_route(r, held)),
                 id_path=(id_paths or {}).get(name),
-                permanent_mac=msg.get("IFLA_PERM_ADDRESS"), mtu=msg.get("IFLA_MTU")))
+                permanent_mac=msg.get_attr("IFLA_PERM_ADDRESS"), mtu=msg.get_attr("IFLA_MTU")))
         return Inventory(tuple(links))
 
     # --- changing ----------------------------------------------------------------
@@ -203,7 +256,12 @@ class Netlink:
         if address.protocol is not None:
             spec["IFA_PROTO"] = address.protocol
         try:
-            self.ipr.addr("add", **spec)
+            if _ADDRESS_MESSAGE is ifaddrmsg:
+                self.ipr.addr("add", **spec)
+            else:  # this pyroute2's addr() would drop the attributes it does not name
+                self.ipr.nlm_request(_address_message(spec), msg_type=RTM_NEWADDR,
+                                     msg_flags=NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE
+                                     | NLM_F_EXCL)
         except (NetlinkError, OSError) as error:
             raise HostError(f"add address {address} on {name}: {_reason(error)}") from None
 
@@ -216,7 +274,7 @@ class Netlink:
         interface = address.interface
         index = self.index(name)
         try:
-            self.ipr.addr("del", index=index, address=str(interface.ip),
+            self.ipr.addr((RTM_DELADDR, _DELETE), index=index, address=str(interface.ip),
                           prefixlen=interface.network.prefixlen)
             if address.family == socket.AF_INET6 and address.valid is not None \
                     and address.makes_prefix_route:
@@ -231,7 +289,7 @@ class Netlink:
             if other.interface.network == network and other.makes_prefix_route:
                 return  # the route is that address's too
         try:
-            self.ipr.route("del", **_route_spec(prefix_route(address), index))
+            self.ipr.route((RTM_DELROUTE, _DELETE), **_route_spec(prefix_route(address), index))
         except NetlinkError as error:
             if error.code != errno.ESRCH:  # its lifetime had ended already
                 raise
@@ -244,8 +302,8 @@ class Netlink:
             # shim's own route for the prefix may hold that key already (the kernel adds
             # its prefix routes the same way).
             self.ipr.route("append", **_route_spec(replace(route, priority=metric), index))
-            self.ipr.route("del", **_route_spec(replace(route, priority=route.priority or 0),
-                                                index))
+            self.ipr.route((RTM_DELROUTE, _DELETE),
+                           **_route_spec(replace(route, priority=route.priority or 0), index))
         except (NetlinkError, OSError) as error:
             raise HostError(f"set metric {metric} on route {route.describe()} dev {dev}: "
                             f"{_reason(error)}") from None
@@ -255,7 +313,8 @@ class Netlink:
         self._route_call(f"add route {route.describe()} dev {dev}", "append", route, dev)
 
     def del_route(self, route: Route, dev: str) -> None:
-        self._route_call(f"delete route {route.describe()} dev {dev}", "del", route, dev)
+        self._route_call(f"delete route {route.describe()} dev {dev}", (RTM_DELROUTE, _DELETE),
+                         route, dev)
 
     def move_route(self, route: Route, target: str) -> None:
         """Put a route on another device with all it has (gateway, metric, source,
@@ -264,7 +323,7 @@ class Netlink:
                          target)
 
     def delete_link(self, name: str) -> None:
-        self._call(f"delete {name}", "del", index=self.index(name))
+        self._call(f"delete {name}", (RTM_DELLINK, _DELETE), index=self.index(name))
 
     def index(self, name: str) -> int:
         found = self.ipr.link_lookup(ifname=name)
@@ -272,13 +331,13 @@ class Netlink:
             raise HostError(f"device {name} not found")
         return found[0]
 
-    def _route_call(self, step: str, command: str, route: Route, dev: str) -> None:
+    def _route_call(self, step: str, command: str | tuple, route: Route, dev: str) -> None:
         try:
             self.ipr.route(command, **_route_spec(route, self.index(dev)))
         except (NetlinkError, OSError) as error:
             raise HostError(f"{step}: {_reason(error)}") from None
 
-    def _call(self, step: str, command: str, **spec) -> None:
+    def _call(self, step: str, command: str | tuple, **spec) -> None:
         try:
             self.ipr.link(command, **spec)
         except (NetlinkError, OSError) as error:  # tuntap creation goes through ioctl
@@ -286,19 +345,30 @@ class Netlink:
 
 
 def _address(msg, device: str) -> Address:
-    cache = msg.get("IFA_CACHEINFO")
-    local = msg.get("IFA_LOCAL") or msg.get("IFA_ADDRESS")
-    label = msg.get("IFA_LABEL")
+    cache = msg.get_attr("IFA_CACHEINFO")
+    local = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
+    label = msg.get_attr("IFA_LABEL")
     return Address(
         cidr=f"{local}/{msg['prefixlen']}",
         # IFA_FLAGS holds all of them; the header's byte only the first eight.
-        flags=msg.get("IFA_FLAGS") or msg["flags"],
-        valid=_lifetime(cache.get("ifa_valid")) if cache else None,
-        preferred=_lifetime(cache.get("ifa_preferred")) if cache else None,
-        metric=msg.get("IFA_RT_PRIORITY"), broadcast=msg.get("IFA_BROADCAST"),
+        flags=msg.get_attr("IFA_FLAGS") or msg["flags"],
+        valid=_lifetime(cache["ifa_valid"]) if cache else None,
+        preferred=_lifetime(cache["ifa_preferred"]) if cache else None,
+        metric=msg.get_attr("IFA_RT_PRIORITY"), broadcast=msg.get_attr("IFA_BROADCAST"),
         label=label[len(device):] if label and label != device and label.startswith(device)
         else None,
-        protocol=msg.get("IFA_PROTO"))
+        protocol=msg.get_attr("IFA_PROTO"))
+
+
+def _address_message(spec: dict):
+    """The RTM_NEWADDR request ``addr("add", **spec)`` makes, with every attribute."""
+    msg = _ADDRESS_MESSAGE()
+    ip = ipaddress.ip_address(spec["address"])
+    msg["family"] = socket.AF_INET if ip.version == 4 else socket.AF_INET6
+    msg["prefixlen"], msg["index"] = spec["prefixlen"], spec["index"]
+    msg["attrs"] = [["IFA_LOCAL", str(ip)], ["IFA_ADDRESS", str(ip)]] + [
+        [key, value] for key, value in spec.items() if key.startswith("IFA_")]
+    return msg
 
 
 def _lifetime(value: int | None) -> int | None:
@@ -310,16 +380,16 @@ def _or_forever(value: int | None) -> int:
 
 
 def _route(msg) -> Route:
-    dst = msg.get("RTA_DST")
-    cache = msg.get("RTA_CACHEINFO")
-    expires = cache.get("rta_expires") if cache else None
-    metrics = msg.get("RTA_METRICS")
+    dst = msg.get_attr("RTA_DST")
+    cache = msg.get_attr("RTA_CACHEINFO")
+    expires = cache["rta_expires"] if cache else None
+    metrics = msg.get_attr("RTA_METRICS")
     return Route(
         dst=f"{dst}/{msg['dst_len']}" if dst else "default", family=msg["family"],
-        gateway=msg.get("RTA_GATEWAY"), priority=msg.get("RTA_PRIORITY"),
-        source=msg.get("RTA_PREFSRC"), protocol=msg["proto"], scope=msg["scope"],
+        gateway=msg.get_attr("RTA_GATEWAY"), priority=msg.get_attr("RTA_PRIORITY"),
+        source=msg.get_attr("RTA_PREFSRC"), protocol=msg["proto"], scope=msg["scope"],
         # The other flags tell the device's state (linkdown, dead), not the route's.
-        flags=msg["flags"] & RTNH_F_ONLINK, tos=msg["tos"], pref=msg.get("RTA_PREF"),
+        flags=msg["flags"] & RTNH_F_ONLINK, tos=msg["tos"], pref=msg.get_attr("RTA_PREF"),
         expires=expires // USER_HZ if expires and expires > 0 else None,
         metrics=tuple(sorted((nla[0], nla[1]) for nla in metrics["attrs"])) if metrics else ())
 
@@ -343,7 +413,7 @@ def _route_spec(route: Route, oif: int) -> dict:
     if route.pref is not None:
         spec["RTA_PREF"] = route.pref
     if route.expires is not None:
-        spec["RTA_EXPIRES"] = struct.pack("=I", route.expires)
+        spec["RTA_EXPIRES"] = bytearray(struct.pack("=I", route.expires))  # 0.5 takes no bytes
     if route.metrics:
         spec["metrics"] = dict(route.metrics)
     return spec

@@ -7,8 +7,9 @@ from __future__ import annotations
 from typing import Callable
 
 #: The IPRoute methods through which kvmhooks changes the host (other commands of these
-#: methods, such as "dump", only read).
-CHANGES = ("link", "addr", "route")
+#: methods, such as "dump", only read). nlm_request: addresses on pyroute2 before 0.9
+#: (see kvmhooks.netlink).
+CHANGES = ("link", "addr", "route", "nlm_request")
 _READS = ("dump", "get", "show")
 
 

@@ -14,6 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from pyroute2 import IPRoute, NetNS, netns
+from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST
+from pyroute2.netlink.rtnl import RTM_DELLINK
+
+from kvmhooks.netlink import route_socket
 
 from .cleanup import Cleanup
 from .names import TEST_PREFIX, random_mac, unique_name
@@ -82,14 +86,15 @@ def link_info(name: str, ns: str | None = None) -> dict[str, Any] | None:
 def all_links() -> set[str]:
     """The names of every link on the host."""
     with IPRoute() as ipr:
-        return {link.get("IFLA_IFNAME") for link in ipr.get_links()}
+        return {link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
 
 
 def marked_links(prefix: str = "kvmhooks:") -> dict[str, str]:
     """Every link whose alias carries kvmhooks' mark: name -> alias."""
     with IPRoute() as ipr:
-        return {link.get("IFLA_IFNAME"): link.get("IFLA_IFALIAS") for link in ipr.get_links()
-                if (link.get("IFLA_IFALIAS") or "").startswith(prefix)}
+        return {link.get_attr("IFLA_IFNAME"): link.get_attr("IFLA_IFALIAS")
+                for link in ipr.get_links()
+                if (link.get_attr("IFLA_IFALIAS") or "").startswith(prefix)}
 
 
 #: Address flags that change on their own while DAD runs: not compared.
@@ -119,37 +124,38 @@ def host_state(names: set[str]) -> HostState:
     preference, metrics, expiry). The kernel's IPv6 link-local addresses and routes are
     left out (see _kernels_link_local)."""
     taken = time.monotonic()
-    with IPRoute() as ipr:
+    with route_socket() as ipr:  # it reads address metric and protocol on any pyroute2
         links = ipr.get_links()
-        by_index = {msg["index"]: msg.get("IFLA_IFNAME") for msg in links}
-        wanted = {msg["index"]: msg.get("IFLA_IFNAME") for msg in links
-                  if msg.get("IFLA_IFNAME") in names
-                  or msg.get("IFLA_IFNAME", "").startswith("kh")}
+        by_index = {msg["index"]: msg.get_attr("IFLA_IFNAME") for msg in links}
+        wanted = {msg["index"]: msg.get_attr("IFLA_IFNAME") for msg in links
+                  if msg.get_attr("IFLA_IFNAME") in names
+                  or msg.get_attr("IFLA_IFNAME", "").startswith("kh")}
         addresses: dict[int, list] = {index: [] for index in wanted}
         for msg in ipr.get_addr():
             if msg["index"] in wanted and not _kernels_link_local(
-                    msg.get("IFA_LOCAL") or msg.get("IFA_ADDRESS")):
+                    msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")):
                 addresses[msg["index"]].append(_address_state(msg, wanted[msg["index"]]))
         routes: dict[int, list] = {index: [] for index in wanted}
         for msg in ipr.get_routes(table=254):
-            if msg.get("RTA_OIF") in wanted and msg.get("RTA_TABLE", 254) == 254 \
-                    and not _kernels_link_local(msg.get("RTA_DST")):
-                routes[msg.get("RTA_OIF")].append(_route_state(msg))
+            if msg.get_attr("RTA_OIF") in wanted and msg.get_attr("RTA_TABLE", 254) == 254 \
+                    and not _kernels_link_local(msg.get_attr("RTA_DST")):
+                routes[msg.get_attr("RTA_OIF")].append(_route_state(msg))
     state = {}
     for msg in links:
         index = msg["index"]
         if index not in wanted:
             continue
-        info = msg.get("IFLA_LINKINFO")
-        kind = info.get("IFLA_INFO_KIND") if info else None
-        data = info.get("IFLA_INFO_DATA") if info else None
-        mode = (data.get("IFLA_MACVLAN_MODE") or data.get("IFLA_MACVTAP_MODE")) \
+        info = msg.get_attr("IFLA_LINKINFO")
+        kind = info.get_attr("IFLA_INFO_KIND") if info else None
+        data = info.get_attr("IFLA_INFO_DATA") if info else None
+        mode = (data.get_attr("IFLA_MACVLAN_MODE") or data.get_attr("IFLA_MACVTAP_MODE")) \
             if data is not None and kind in ("macvlan", "macvtap") else None
-        parent = msg.get("IFLA_LINK") if kind in ("macvlan", "macvtap") else None
+        parent = msg.get_attr("IFLA_LINK") if kind in ("macvlan", "macvtap") else None
         state[wanted[index]] = {
-            "kind": kind, "mac": msg.get("IFLA_ADDRESS"), "alias": msg.get("IFLA_IFALIAS"),
-            "master": by_index.get(msg.get("IFLA_MASTER")), "parent": by_index.get(parent),
-            "up": bool(msg["flags"] & 1), "mode": mode, "mtu": msg.get("IFLA_MTU"),
+            "kind": kind, "mac": msg.get_attr("IFLA_ADDRESS"),
+            "alias": msg.get_attr("IFLA_IFALIAS"),
+            "master": by_index.get(msg.get_attr("IFLA_MASTER")), "parent": by_index.get(parent),
+            "up": bool(msg["flags"] & 1), "mode": mode, "mtu": msg.get_attr("IFLA_MTU"),
             "addresses": sorted(addresses[index], key=repr),
             "routes": sorted(routes[index], key=repr)}
     return HostState(state, taken)
@@ -170,30 +176,30 @@ def _lifetime(value: int | None) -> int | None:
 def _address_state(msg, device: str) -> dict:
     """An address's properties; its label with the device's name as '%', so that one
     address on two devices compares equal."""
-    cache = msg.get("IFA_CACHEINFO") or {}
-    local = msg.get("IFA_LOCAL") or msg.get("IFA_ADDRESS")
-    label = msg.get("IFA_LABEL")
+    cache = msg.get_attr("IFA_CACHEINFO") or {}
+    local = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
+    label = msg.get_attr("IFA_LABEL")
     if label and label.startswith(device):
         label = "%" + label[len(device):]
     return {"address": f"{local}/{msg['prefixlen']}", "scope": msg["scope"],
-            "flags": (msg.get("IFA_FLAGS") or msg["flags"]) & ~IFA_F_TENTATIVE,
+            "flags": (msg.get_attr("IFA_FLAGS") or msg["flags"]) & ~IFA_F_TENTATIVE,
             "valid": _lifetime(cache.get("ifa_valid")),
             "preferred": _lifetime(cache.get("ifa_preferred")),
-            "metric": msg.get("IFA_RT_PRIORITY"), "broadcast": msg.get("IFA_BROADCAST"),
-            "label": label, "protocol": msg.get("IFA_PROTO")}
+            "metric": msg.get_attr("IFA_RT_PRIORITY"), "broadcast": msg.get_attr("IFA_BROADCAST"),
+            "label": label, "protocol": msg.get_attr("IFA_PROTO")}
 
 
 def _route_state(msg) -> dict:
-    cache = msg.get("RTA_CACHEINFO") or {}
+    cache = msg.get_attr("RTA_CACHEINFO") or {}
     expires = cache.get("rta_expires") or 0
-    metrics = msg.get("RTA_METRICS")
-    dst = msg.get("RTA_DST")
+    metrics = msg.get_attr("RTA_METRICS")
+    dst = msg.get_attr("RTA_DST")
     return {"dst": f"{dst}/{msg['dst_len']}" if dst else "default",
-            "gateway": msg.get("RTA_GATEWAY"), "metric": msg.get("RTA_PRIORITY"),
-            "source": msg.get("RTA_PREFSRC"), "protocol": msg["proto"],
+            "gateway": msg.get_attr("RTA_GATEWAY"), "metric": msg.get_attr("RTA_PRIORITY"),
+            "source": msg.get_attr("RTA_PREFSRC"), "protocol": msg["proto"],
             "scope": msg["scope"], "flags": msg["flags"] & ~(RTNH_F_DEAD | RTNH_F_LINKDOWN),
             "tos": msg["tos"],
-            "type": msg["type"], "pref": msg.get("RTA_PREF"),
+            "type": msg["type"], "pref": msg.get_attr("RTA_PREF"),
             "metrics": sorted((nla[0], nla[1]) for nla in metrics["attrs"]) if metrics else [],
             # clock_t (1/100 s) left; 0: the route does not expire
             "expires": expires // 100 if expires else None}
@@ -255,7 +261,9 @@ def delete_link(name: str, ns: str | None = None) -> bool:
         if not found:
             return False
         try:
-            ipr.link("del", index=found[0])
+            # The request flags spelled out: pyroute2 0.5's "del" is refused by kernels
+            # since 5.19 (see kvmhooks.netlink).
+            ipr.link((RTM_DELLINK, NLM_F_REQUEST | NLM_F_ACK), index=found[0])
         except Exception as exc:  # gone in between (a veth peer, a macvtap)
             if getattr(exc, "code", None) == errno.ENODEV:
                 return False

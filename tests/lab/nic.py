@@ -182,7 +182,7 @@ class StandInNic:
                 # makes temporary addresses only for mngtmpaddr ones added to a device
                 # that has its carrier.
                 ipr.link("set", index=idx, state="up")
-                wait_for(lambda: ipr.get_links(idx)[0].get("IFLA_CARRIER") == 1, 5,
+                wait_for(lambda: ipr.get_links(idx)[0].get_attr("IFLA_CARRIER") == 1, 5,
                          what=f"carrier on {self.name}")
                 wanted = [NicAddress(self.host_address)] if self.host_address else []
                 for address in wanted + list(self.addresses):
@@ -238,8 +238,8 @@ class StandInNic:
         family = 10 if ipaddress.ip_address(address).version == 6 else 2
         with NetNS(self.ns, flags=0) as ns:
             for entry in ns.get_neighbours(family=family):
-                if entry.get("NDA_DST") == address:
-                    return entry.get("NDA_LLADDR")
+                if entry.get_attr("NDA_DST") == address:
+                    return entry.get_attr("NDA_LLADDR")
         return None
 
     def capture(self) -> LanCapture:
@@ -277,7 +277,7 @@ def _add_route(ipr, index: int, route: NicRoute) -> None:
     if route.gateway:
         spec["gateway"] = route.gateway
     if route.expires is not None:
-        spec["RTA_EXPIRES"] = struct.pack("=I", route.expires)
+        spec["RTA_EXPIRES"] = bytearray(struct.pack("=I", route.expires))  # 0.5 takes no bytes
     if route.onlink:
         spec["flags"] = RTNH_F_ONLINK
     if route.proto is not None:

@@ -11,7 +11,7 @@ import pytest
 from kvmhooks import config
 from kvmhooks.errors import ConfigError
 
-pytestmark = pytest.mark.system
+pytestmark = [pytest.mark.system, pytest.mark.floor]
 
 NOBODY = 65534
 TEXT = '[uplink.lan]\nnic = "eth1"\n'

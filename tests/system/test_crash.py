@@ -134,6 +134,7 @@ def _killed_at(make_plan, config, kill_at: int) -> int:
     return 0
 
 
+@pytest.mark.floor
 @pytest.mark.parametrize("trigger", ["prepare", "nic-event"])
 def test_a_plan_killed_between_any_two_changes_converges_at_the_next(
         trigger, cleanup, subnet, tmp_path, monkeypatch):

@@ -30,7 +30,7 @@ from tests.lab.nic import (
 from tests.lab.plans import planned_domain
 from tests.lab.uplinks import lab_uplink
 
-pytestmark = pytest.mark.system
+pytestmark = [pytest.mark.system, pytest.mark.floor]
 
 
 

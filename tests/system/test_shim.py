@@ -21,7 +21,7 @@ from tests.lab.nic import StandInNic
 from tests.lab.uplinks import lab_uplink
 from tests.lab.wait import wait_for
 
-pytestmark = pytest.mark.system
+pytestmark = [pytest.mark.system, pytest.mark.floor]
 
 ETH_P_ARP, ETH_P_IPV6 = 0x0806, 0x86DD
 ICMPV6_NEIGHBOUR_ADVERTISEMENT = 136
