@@ -1,13 +1,31 @@
 # kvmhooks: lab and developer entry points (run as root on the lab machine).
-.PHONY: setup test demo lint rpm bench
+.PHONY: setup test test-el9-floor test-el10 test-current demo lint rpm bench
 
 VENV_PY := .venv/bin/python
 EL ?= 9
+# The EL9-floor tier's pytest: bullseye's, in the root that scripts/el9-floor-root builds.
+FLOOR_PYTEST := scripts/in-el9-floor python3 -m pytest -p no:cacheprovider
 
 setup:
 	scripts/lab-setup
 
-test: setup
+# Three tiers, one after another; the last leaves the lab on today's libraries.
+test: test-el9-floor test-el10 test-current
+
+# EL9's floor (Python 3.9, pyroute2 0.5.14, pyudev 0.22, lxml 4.6, libvirt-python 7.0): the
+# unit tests, and the system tests that need no libvirtd, hook or agent of this host
+# (marked floor), on the real kernel beside the lab's udevd.
+test-el9-floor: setup
+	$(FLOOR_PYTEST) tests/unit
+	$(FLOOR_PYTEST) -m floor tests/system
+
+# EL10's versions (pyproject.toml [tool.kvmhooks.tiers.el10]) in .venv-el10: the hooks and
+# the agent run them too.
+test-el10:
+	KVMHOOKS_TIER=el10 scripts/lab-setup
+	.venv-el10/bin/python -m pytest tests/unit tests/system tests/e2e
+
+test-current: setup
 	$(VENV_PY) -m pytest
 
 demo: setup

@@ -1,7 +1,10 @@
 """The only module that imports pyroute2: host link snapshot and link changes, and the
 frames that announce the shim's address.
 
-Every kernel refusal becomes a HostError naming the device and the step.
+Every kernel refusal becomes a HostError naming the device and the step. One code path
+serves pyroute2 0.5.14 (EPEL 9) to today's releases: attributes are read with get_attr,
+deletes name their request flags, and the two things old releases lack (attribute names,
+an address request that keeps them) are set apart below and used only where needed.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from dataclasses import replace
 
 from pyroute2 import IPRoute
 from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST
+from pyroute2.netlink import exceptions as netlink_exceptions
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import (
     RTM_DELADDR,
@@ -57,6 +61,10 @@ _CONTRACT_MODE = {"passthru": "passthrough"}
 # since 5.19 read as a bulk delete and refuse ("Operation not supported"). Every release
 # takes the request type and flags spelled out.
 _DELETE = NLM_F_REQUEST | NLM_F_ACK
+# A dump the kernel's tables changed under (NLM_F_DUMP_INTR) is read again; pyroute2 0.7
+# raises it, 0.9 reads again itself, 0.5 does not tell (and has no such class).
+_DUMP_INTERRUPTED = getattr(netlink_exceptions, "NetlinkDumpInterrupted", ())
+DUMP_ATTEMPTS = 10
 
 
 def _naming(base: type, first_type: int, attributes: tuple) -> type:
@@ -110,15 +118,15 @@ class Netlink:
 
     def inventory(self, id_paths: dict[str, str] | None = None) -> Inventory:
         """One dump each of links, addresses and main-table routes."""
-        link_messages = self.ipr.get_links()
+        link_messages = self._dump("links", self.ipr.get_links)
         names = {msg["index"]: msg.get_attr("IFLA_IFNAME") for msg in link_messages}
         addresses: dict[int, list[Address]] = {}
-        for msg in self.ipr.get_addr():
+        for msg in self._dump("addresses", self.ipr.get_addr):
             if msg["scope"] == RT_SCOPE_UNIVERSE:
                 addresses.setdefault(msg["index"], []).append(
                     _address(msg, names.get(msg["index"]) or ""))
         routes: dict[int, list[Route]] = {}
-        for msg in self.ipr.get_routes(table=RT_TABLE_MAIN):
+        for msg in self._dump("routes", self.ipr.get_routes, table=RT_TABLE_MAIN):
             oif = msg.get_attr("RTA_OIF")
             if (msg["type"] != RTN_UNICAST or oif is None
                     or msg.get_attr("RTA_TABLE", RT_TABLE_MAIN) != RT_TABLE_MAIN):
@@ -284,7 +292,8 @@ class Netlink:
 
     def _del_prefix_route_left_by(self, index: int, address: Address) -> None:
         network = address.interface.network
-        for msg in self.ipr.get_addr(family=socket.AF_INET6, index=index):
+        for msg in self._dump("addresses", self.ipr.get_addr, family=socket.AF_INET6,
+                              index=index):
             other = _address(msg, "")
             if other.interface.network == network and other.makes_prefix_route:
                 return  # the route is that address's too
@@ -325,11 +334,24 @@ class Netlink:
     def delete_link(self, name: str) -> None:
         self._call(f"delete {name}", (RTM_DELLINK, _DELETE), index=self.index(name))
 
+    def _dump(self, what: str, read, **spec) -> list:
+        """A dump, read again while the kernel says its table changed under it."""
+        for _ in range(DUMP_ATTEMPTS):
+            try:
+                return list(read(**spec))
+            except _DUMP_INTERRUPTED:
+                continue
+        raise HostError(f"read the host's {what}: they changed during each of "
+                        f"{DUMP_ATTEMPTS} reads")
+
     def index(self, name: str) -> int:
-        found = self.ipr.link_lookup(ifname=name)
-        if not found:
-            raise HostError(f"device {name} not found")
-        return found[0]
+        # One request for one link: a dump of them all could be interrupted.
+        try:
+            return self.ipr.link("get", ifname=name)[0]["index"]
+        except NetlinkError as error:
+            if error.code == errno.ENODEV:
+                raise HostError(f"device {name} not found") from None
+            raise HostError(f"look up device {name}: {_reason(error)}") from None
 
     def _route_call(self, step: str, command: str | tuple, route: Route, dev: str) -> None:
         try:

@@ -176,22 +176,23 @@ def _lifetime(value: int | None) -> int | None:
 def _address_state(msg, device: str) -> dict:
     """An address's properties; its label with the device's name as '%', so that one
     address on two devices compares equal."""
-    cache = msg.get_attr("IFA_CACHEINFO") or {}
+    # A struct's fields by [] alone: pyroute2 0.7's get() looks for attributes by that name.
+    cache = msg.get_attr("IFA_CACHEINFO")
     local = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
     label = msg.get_attr("IFA_LABEL")
     if label and label.startswith(device):
         label = "%" + label[len(device):]
     return {"address": f"{local}/{msg['prefixlen']}", "scope": msg["scope"],
             "flags": (msg.get_attr("IFA_FLAGS") or msg["flags"]) & ~IFA_F_TENTATIVE,
-            "valid": _lifetime(cache.get("ifa_valid")),
-            "preferred": _lifetime(cache.get("ifa_preferred")),
+            "valid": _lifetime(cache["ifa_valid"]) if cache else None,
+            "preferred": _lifetime(cache["ifa_preferred"]) if cache else None,
             "metric": msg.get_attr("IFA_RT_PRIORITY"), "broadcast": msg.get_attr("IFA_BROADCAST"),
             "label": label, "protocol": msg.get_attr("IFA_PROTO")}
 
 
 def _route_state(msg) -> dict:
-    cache = msg.get_attr("RTA_CACHEINFO") or {}
-    expires = cache.get("rta_expires") or 0
+    cache = msg.get_attr("RTA_CACHEINFO")
+    expires = cache["rta_expires"] if cache else 0
     metrics = msg.get_attr("RTA_METRICS")
     dst = msg.get_attr("RTA_DST")
     return {"dst": f"{dst}/{msg['dst_len']}" if dst else "default",

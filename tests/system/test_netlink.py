@@ -6,12 +6,16 @@ protocol, and 0.5 sends deletes that kernels since 5.19 refuse."""
 from __future__ import annotations
 
 import socket
+import threading
 
 import pytest
+from pyroute2 import IPRoute
+from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST
+from pyroute2.netlink.rtnl import RTM_DELLINK
 
 from kvmhooks.inventory import Address, Route
 from kvmhooks.netlink import Netlink
-from tests.lab.links import create_bridge, link_exists
+from tests.lab.links import create_bridge, delete_link, link_exists
 from tests.lab.names import pick_subnet, pick_subnet6, unique_name
 from tests.lab.nic import RTPROT_RA
 
@@ -74,3 +78,39 @@ def test_a_route_keeps_its_expiry_and_metrics_and_deletes_go_through(netlink, cl
     assert [r for r in link(netlink, bridge).routes if r.dst == route.dst] == []
     netlink.delete_link(bridge)
     assert not link_exists(bridge)
+
+
+def test_a_snapshot_taken_while_links_come_and_go_succeeds(netlink, cleanup):
+    """The kernel flags a dump that its tables changed under (NLM_F_DUMP_INTR), which
+    pyroute2 0.7 raises as an error: a NIC event or a start beside other starts must not
+    fail for it. Links come and go in a loop here while kvmhooks reads the host."""
+    names = [unique_name("ktchurn") for _ in range(3)]
+    for name in names:
+        cleanup.add(delete_link, name, _what=f"delete {name}")
+    churning = threading.Event()
+    churning.set()
+
+    churn_errors = []
+
+    def churn() -> None:
+        with IPRoute() as ipr:
+            while churning.is_set():
+                for name in names:
+                    try:
+                        ipr.link("add", ifname=name, kind="bridge")
+                        index = ipr.link("get", ifname=name)[0]["index"]
+                        ipr.link((RTM_DELLINK, NLM_F_REQUEST | NLM_F_ACK), index=index)
+                    except Exception as error:  # noqa: BLE001 - reported below
+                        churn_errors.append(error)
+                        return
+
+    worker = threading.Thread(target=churn)
+    worker.start()
+    try:
+        for _ in range(300):
+            netlink.inventory()
+            assert netlink.index("lo") == 1
+    finally:
+        churning.clear()
+        worker.join()
+    assert churn_errors == []
