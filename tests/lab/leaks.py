@@ -4,10 +4,11 @@ leftovers of an interrupted run."""
 
 from __future__ import annotations
 
-from pyroute2 import IPRoute, netns
+from pyroute2 import netns
 
 from .links import delete_link, remove_netns
 from .names import TEST_PREFIX
+from .rtnl import rtnl
 from .virt import destroy_and_undefine
 
 #: Link name prefixes the leak check looks at: lab-made and kvmhooks-made.
@@ -15,7 +16,7 @@ LEAK_LINK_PREFIXES = (TEST_PREFIX, "kh")
 
 
 def leftover_links() -> list[str]:
-    with IPRoute() as ipr:
+    with rtnl() as ipr:
         names = [link.get_attr("IFLA_IFNAME") for link in ipr.get_links()]
     return sorted(n for n in names if n and n.startswith(LEAK_LINK_PREFIXES))
 

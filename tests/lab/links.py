@@ -13,14 +13,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from pyroute2 import IPRoute, NetNS, netns
+from pyroute2 import netns
 from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST
 from pyroute2.netlink.rtnl import RTM_DELLINK
 
-from kvmhooks.netlink import route_socket
-
 from .cleanup import Cleanup
 from .names import TEST_PREFIX, random_mac, unique_name
+from .rtnl import rtnl, rtnl_decoding_all
 
 PROTECTED_LINKS = frozenset({"eth0", "lo"})
 #: libvirt's macvtap mode names where the kernel's (what link_info reports) differ.
@@ -28,7 +27,7 @@ KERNEL_MODE = {"passthrough": "passthru"}
 
 
 def _ipr(ns: str | None):
-    return NetNS(ns, flags=0) if ns else IPRoute()
+    return rtnl(ns)
 
 
 def link_index(name: str, ns: str | None = None) -> int | None:
@@ -85,13 +84,13 @@ def link_info(name: str, ns: str | None = None) -> dict[str, Any] | None:
 
 def all_links() -> set[str]:
     """The names of every link on the host."""
-    with IPRoute() as ipr:
+    with rtnl() as ipr:
         return {link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
 
 
 def marked_links(prefix: str = "kvmhooks:") -> dict[str, str]:
     """Every link whose alias carries kvmhooks' mark: name -> alias."""
-    with IPRoute() as ipr:
+    with rtnl() as ipr:
         return {link.get_attr("IFLA_IFNAME"): link.get_attr("IFLA_IFALIAS")
                 for link in ipr.get_links()
                 if (link.get_attr("IFLA_IFALIAS") or "").startswith(prefix)}
@@ -124,7 +123,7 @@ def host_state(names: set[str]) -> HostState:
     preference, metrics, expiry). The kernel's IPv6 link-local addresses and routes are
     left out (see _kernels_link_local)."""
     taken = time.monotonic()
-    with route_socket() as ipr:  # it reads address metric and protocol on any pyroute2
+    with rtnl_decoding_all() as ipr:
         links = ipr.get_links()
         by_index = {msg["index"]: msg.get_attr("IFLA_IFNAME") for msg in links}
         wanted = {msg["index"]: msg.get_attr("IFLA_IFNAME") for msg in links
@@ -286,7 +285,7 @@ def create_macvtap(
     """A macvtap ``name`` on link ``parent`` in ``mode``, removed at cleanup."""
     if parent in PROTECTED_LINKS:
         raise ValueError(f"refusing to put a macvtap on {parent}")
-    with IPRoute() as ipr:
+    with rtnl() as ipr:
         parent_idx = ipr.link_lookup(ifname=parent)[0]
         kw: dict[str, Any] = {}
         if mac:
@@ -302,7 +301,7 @@ def create_bridge(name: str, cleanup: Cleanup, address: str | None = None) -> in
     """An up Linux bridge ``name`` (optionally with ``address`` 'a/len'), removed at
     cleanup. Its MAC is set, as an administrator's bridge has one (NetworkManager and
     networkd set it): a bridge with a kernel-chosen MAC takes its first port's."""
-    with IPRoute() as ipr:
+    with rtnl() as ipr:
         ipr.link("add", ifname=name, kind="bridge", address=random_mac())
         delete_link_later(cleanup, name)
         idx = ipr.link_lookup(ifname=name)[0]
@@ -318,7 +317,7 @@ def create_netns(cleanup: Cleanup, name: str | None = None) -> str:
     name = name or unique_name(TEST_PREFIX + "ns")
     netns.create(name)
     cleanup.add(remove_netns, name, _what=f"remove netns {name}")
-    with NetNS(name, flags=0) as ns:
+    with rtnl(name) as ns:
         ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
     return name
 

@@ -13,7 +13,7 @@ import random
 import secrets
 from dataclasses import dataclass
 
-from pyroute2 import IPRoute
+from .rtnl import rtnl
 
 TEST_PREFIX = "kt"
 IFNAMSIZ = 15  # the longest kernel link name
@@ -81,7 +81,7 @@ _handed_out: set[ipaddress.IPv4Network | ipaddress.IPv6Network] = set()
 
 def _routed_networks(family: int = 2) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
     nets = []
-    with IPRoute() as ipr:
+    with rtnl() as ipr:
         for table in (254, 255):  # main (what `ip route` shows) and local
             for r in ipr.get_routes(family=family, table=table):
                 dst = r.get_attr("RTA_DST")

@@ -12,7 +12,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from pyroute2 import IPRoute, NetNS, netns
+from pyroute2 import netns
 
 from .cleanup import Cleanup
 from .daemons import settle_nic_events
@@ -26,6 +26,7 @@ from .links import (
     ping,
 )
 from .names import IFNAMSIZ, TEST_PREFIX, random_mac, unique_name
+from .rtnl import rtnl
 from .wait import wait_for
 
 FOREVER = 0xFFFFFFFF  # a lifetime that never ends (IFA_CACHEINFO)
@@ -161,13 +162,13 @@ class StandInNic:
         # (a new one would sit behind the guests' stale ARP entries).
         self.lan_mac = getattr(self, "lan_mac", None) or random_mac()
         mtu = {"mtu": self.mtu} if self.mtu else {}
-        with IPRoute() as ipr:
+        with rtnl() as ipr:
             ipr.link("add", ifname=self.name, kind="veth", address=self.mac,
                      peer={"ifname": tmp_peer, "address": self.lan_mac, **mtu}, **mtu)
             try:
                 peer_idx = ipr.link_lookup(ifname=tmp_peer)[0]
                 ipr.link("set", index=peer_idx, net_ns_fd=self.ns)
-                with NetNS(self.ns, flags=0) as ns:
+                with rtnl(self.ns) as ns:
                     pidx = ns.link_lookup(ifname=tmp_peer)[0]
                     ns.link("set", index=pidx, ifname=self.PEER)
                     for cidr in ([self.lan_address] if self.lan_address else []) + \
@@ -208,7 +209,7 @@ class StandInNic:
 
     def rename(self, new_name: str) -> None:
         """Rename the NIC in place (down, rename, up), like a udev rename."""
-        with IPRoute() as ipr:
+        with rtnl() as ipr:
             idx = ipr.link_lookup(ifname=self.name)[0]
             ipr.link("set", index=idx, state="down")
             ipr.link("set", index=idx, ifname=new_name)
@@ -236,7 +237,7 @@ class StandInNic:
     def lan_neighbour(self, address: str) -> str | None:
         """The MAC the LAN host holds for ``address`` in its neighbour table, or None."""
         family = 10 if ipaddress.ip_address(address).version == 6 else 2
-        with NetNS(self.ns, flags=0) as ns:
+        with rtnl(self.ns) as ns:
             for entry in ns.get_neighbours(family=family):
                 if entry.get_attr("NDA_DST") == address:
                     return entry.get_attr("NDA_LLADDR")
@@ -252,7 +253,7 @@ class StandInNic:
         """Make the LAN host believe ``address`` is at ``mac`` (a stale entry, as left by
         a device that had another MAC)."""
         family = 10 if ipaddress.ip_address(address).version == 6 else 2
-        with NetNS(self.ns, flags=0) as ns:
+        with rtnl(self.ns) as ns:
             index = ns.link_lookup(ifname=self.PEER)[0]
             ns.neigh("replace", dst=address, lladdr=mac, ifindex=index, family=family,
                      state=0x04)  # NUD_STALE
