@@ -28,12 +28,12 @@ from tests.lab.uplinks import lab_uplink
 pytestmark = pytest.mark.system
 
 CLIENT = hookclient.__file__
-WITHOUT_DAC_OVERRIDE = ["setpriv", "--inh-caps=-dac_override,-dac_read_search",
-                        "--bounding-set=-dac_override,-dac_read_search"]
+WITHOUT_DAC_OVERRIDE = ("setpriv", "--inh-caps=-dac_override,-dac_read_search",
+                        "--bounding-set=-dac_override,-dac_read_search")
 
 
 def run_client(state: str, name: str, operation: str, xml: str, sub: str = "begin",
-               wrapper: list[str] = ()) -> tuple[int, subprocess.CompletedProcess]:
+               wrapper: tuple[str, ...] = ()) -> tuple[int, subprocess.CompletedProcess]:
     """The hook client as the installed qemu hook runs it (`python3 -I -S`, no environment
     but PATH and the state directory); returns its PID with the result."""
     process = subprocess.Popen(
