@@ -5,18 +5,19 @@
 so this file cannot import the kvmhooks package (nor lxml, pyroute2 or libvirt), and the RPM
 installs it on its own, as /usr/libexec/kvmhooks/hookclient.py. It decides whether a call
 has work (triage); hands work to the kvmhooks agent, which keeps the engine warm; and, where
-no agent listens, turns site-packages on and runs the same work in-process through
-kvmhooks.dispatch.
+no agent listens or the call cannot reach it (a socket SELinux denies), turns site-packages
+on and runs the same work in-process through kvmhooks.dispatch.
 
 What both sides need (the metadata namespace, the interface-name rule, one-line error text,
 the state directory, the hook operations, the agent's wire format) is defined here, once,
-and the package imports it from here. Those imports, and the fallback's import of
-kvmhooks.dispatch, are the edges between this file and the package; `-I -S` forces them,
-and each carries a comment saying so.
+and the package imports it from here. Those imports, and the fallback's imports of
+kvmhooks.logsetup and kvmhooks.dispatch, are the edges between this file and the package;
+`-I -S` forces them, and each carries a comment saying so.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -28,6 +29,8 @@ NAMESPACE = "urn:kvmhooks:net:1"  # of the domain metadata kvmhooks reads
 DEFAULT_STATE_DIR = "/run/kvmhooks"
 AGENT_SOCKET = "agent.sock"
 AGENT_TIMEOUT = 600.0  # a prepare may wait its turn at the host behind re-plugs
+# connect(2) answers these where no agent listens: no line is worth writing then.
+NO_AGENT = frozenset({errno.ENOENT, errno.ECONNREFUSED})
 
 QEMU_NOTHING_TO_DO = frozenset({"start", "started", "stopped"})
 QEMU_REWRITES_XML = frozenset({"migrate", "restore"})  # non-empty stdout replaces the XML
@@ -138,16 +141,23 @@ class GarbledMessage(ValueError):
     """What came over the agent's socket is not a message."""
 
 
+def encode_message(header: dict, payload: bytes) -> bytes:
+    return json.dumps({**header, "size": len(payload)}).encode() + b"\n" + payload
+
+
 def send_message(stream, header: dict, payload: bytes) -> None:
-    stream.write(json.dumps({**header, "size": len(payload)}).encode() + b"\n" + payload)
+    stream.write(encode_message(header, payload))
     stream.flush()
 
 
 def read_message(stream) -> tuple[dict, bytes] | None:
-    """(header, payload), or None when the peer closed before sending anything."""
+    """(header, payload), or None when the peer closed before sending anything. Only a
+    whole message is one: a client whose write failed half-way runs its call itself."""
     line = stream.readline()
     if not line:
         return None
+    if not line.endswith(b"\n"):  # without it, a cut header may still parse
+        raise GarbledMessage("its header line is cut short")
     try:
         header = json.loads(line)
     except ValueError:
@@ -165,18 +175,44 @@ class AgentFailure(Exception):
     """The agent took a call and gave no usable answer; str() says how."""
 
 
+class CallNotSent(Exception):
+    """The call never reached the agent whole: making the socket, connecting (EACCES where
+    SELinux denies the socket) or sending failed. The agent runs only whole calls
+    (read_message), so the call may run in this process without running twice."""
+
+
 def ask_agent(trigger: str, argv: list[str], data: bytes) -> Answer | None:
-    """The agent's answer, or None when no agent listens (nothing was sent then)."""
-    connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    connection.settimeout(AGENT_TIMEOUT)
+    """The agent's answer, or None when no agent listens; CallNotSent when the call could
+    not be handed over. Once the whole call is sent, the agent may be running it: a
+    failure from then on is an AgentFailure, never a second run here."""
+    path = os.path.join(state_dir(), AGENT_SOCKET)
+    connection = None
     try:
-        connection.connect(os.path.join(state_dir(), AGENT_SOCKET))
-    except OSError:
-        connection.close()
-        return None
+        connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        connection.settimeout(AGENT_TIMEOUT)
+        connection.connect(path)
+    except OSError as error:
+        if connection is not None:
+            connection.close()
+        if error.errno in NO_AGENT:
+            return None
+        raise CallNotSent(f"cannot connect to the kvmhooks agent's socket {path}: "
+                          f"{error.strerror or error}") from None
+    with connection:
+        try:
+            connection.sendall(encode_message({"trigger": trigger, "argv": argv}, data))
+        except socket.timeout:
+            raise AgentFailure(f"the kvmhooks agent took no call within "
+                               f"{AGENT_TIMEOUT:g} s") from None
+        except OSError as error:
+            raise CallNotSent(f"the kvmhooks agent's socket {path} failed while the call "
+                              f"was being sent: {error.strerror or error}") from None
+        return _agent_answer(connection)
+
+
+def _agent_answer(connection: socket.socket) -> Answer:
     try:
-        with connection, connection.makefile("rwb") as stream:
-            send_message(stream, {"trigger": trigger, "argv": argv}, data)
+        with connection.makefile("rb") as stream:
             reply = read_message(stream)
     except socket.timeout:
         raise AgentFailure(f"the kvmhooks agent gave no answer within "
@@ -195,16 +231,24 @@ def ask_agent(trigger: str, argv: list[str], data: bytes) -> Answer | None:
     return Answer(status, stdout, stderr)
 
 
-# --- where no agent listens: the engine in this process --------------------------------
+# --- where the agent does not get the call: the engine in this process -----------------
 
-def run_in_process(trigger: str, argv: list[str], data: bytes) -> Answer:
-    """Import the engine here (site-packages first: this interpreter started without)."""
+def run_in_process(trigger: str, argv: list[str], data: bytes, why: str = "") -> Answer:
+    """Import the engine here (site-packages first: this interpreter started without).
+    why: the reason the agent did not get the call, logged in one line; "" where no agent
+    listens (a host without one is set up so)."""
     import site
     site.main()
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if why:
+        # An edge into the package, after site.main(), as the dispatcher's below.
+        from kvmhooks.logsetup import setup
+        subject, call = describe_call(trigger, argv)
+        setup(to_stderr=False).warning(
+            "%s", one_line(f"{subject}: {call}: {why}; the call runs in this process"))
     if trigger == "nic-event":
         return _detach_nic_event(argv)
-    # The in-process fallback is the one edge from here into the package, after site.main().
+    # The in-process fallback's edge from here into the package, after site.main().
     from kvmhooks.dispatch import run
     return run(trigger, argv, data)
 
@@ -240,7 +284,11 @@ def main(argv: list[str]) -> int:
 
 def _work(trigger: str, argv: list[str], data: bytes) -> Answer:
     try:
-        return ask_agent(trigger, argv, data) or run_in_process(trigger, argv, data)
+        try:
+            answer = ask_agent(trigger, argv, data)
+        except CallNotSent as error:
+            return run_in_process(trigger, argv, data, why=str(error))
+        return answer or run_in_process(trigger, argv, data)
     except Exception as error:  # the client's one catch-all: an agent that failed, a broken install
         subject, call = describe_call(trigger, argv)
         reason = str(error) if isinstance(error, AgentFailure) else \
