@@ -173,7 +173,7 @@ class StandInNic:
                     ns.link("set", index=pidx, ifname=self.PEER)
                     for cidr in ([self.lan_address] if self.lan_address else []) + \
                             list(self.lan_addresses):
-                        _add_address(ns, pidx, NicAddress(cidr))
+                        _add_address(self.PEER, NicAddress(cidr), self.ns)
                     ns.link("set", index=pidx, state="up")
                 idx = ipr.link_lookup(ifname=self.name)[0]
                 if self.ipv6_privacy:
@@ -187,7 +187,7 @@ class StandInNic:
                          what=f"carrier on {self.name}")
                 wanted = [NicAddress(self.host_address)] if self.host_address else []
                 for address in wanted + list(self.addresses):
-                    _add_address(ipr, idx, address)
+                    _add_address(self.name, address)
                 for route in self.routes:
                     _add_route(ipr, idx, route)
             except BaseException:
@@ -259,18 +259,25 @@ class StandInNic:
                      state=0x04)  # NUD_STALE
 
 
-def _add_address(ipr, index: int, address: NicAddress) -> None:
-    interface = ipaddress.ip_interface(address.cidr)
-    extra = {}
+#: The IFA_F_* flags a NicAddress may carry, as iproute2 spells them.
+IP_ADDRESS_FLAGS = {0x02: "nodad", 0x10: "home", IFA_F_MANAGETEMPADDR: "mngtmpaddr",
+                    IFA_F_NOPREFIXROUTE: "noprefixroute", 0x400: "autojoin"}
+
+
+def _add_address(device: str, address: NicAddress, netns: str | None = None) -> None:
+    """With iproute2, which sends every lifetime and flag as given: pyroute2 0.7's addr()
+    drops IFA_CACHEINFO, and the lab must not lean on kvmhooks' own netlink code."""
+    command = ["ip", *(["-n", netns] if netns else []), "address", "add", address.cidr,
+               "dev", device]
     if address.valid is not None or address.preferred is not None:
-        extra["IFA_CACHEINFO"] = {
-            "ifa_preferred": FOREVER if address.preferred is None else address.preferred,
-            "ifa_valid": FOREVER if address.valid is None else address.valid,
-            "cstamp": 0, "tstamp": 0}
-    if address.flags:
-        extra["IFA_FLAGS"] = address.flags
-    ipr.addr("add", index=index, address=str(interface.ip),
-             prefixlen=interface.network.prefixlen, **extra)
+        command += ["valid_lft", str(FOREVER if address.valid is None else address.valid),
+                    "preferred_lft",
+                    str(FOREVER if address.preferred is None else address.preferred)]
+    unknown = address.flags & ~sum(IP_ADDRESS_FLAGS)
+    if unknown:
+        raise ValueError(f"{address.cidr}: flags {unknown:#x} cannot be added")
+    command += [name for flag, name in IP_ADDRESS_FLAGS.items() if address.flags & flag]
+    subprocess.run(command, check=True, capture_output=True)
 
 
 def _add_route(ipr, index: int, route: NicRoute) -> None:
