@@ -33,6 +33,7 @@ COMMAND = "/usr/bin/kvmhooks"
 CLIENT = "/usr/libexec/kvmhooks/hookclient.py"
 AGENT_UNITS = ["/usr/lib/systemd/system/kvmhooks-agent.socket",
                "/usr/lib/systemd/system/kvmhooks-agent.service"]
+PRESET = "/usr/lib/systemd/system-preset/50-kvmhooks.preset"
 
 # The installed paths of the contract (DESIGN.md, README) and the RPM's own, with modes.
 CONTRACT = {
@@ -42,6 +43,7 @@ CONTRACT = {
     "/usr/lib/systemd/system/kvmhooks-nic@.service": 0o644,
     "/usr/lib/systemd/network/10-kvmhooks.link": 0o644,
     **{unit: 0o644 for unit in AGENT_UNITS},
+    PRESET: 0o644,
     CLIENT: 0o644,
     CONFIG: 0o644,
     COMMAND: 0o755,
@@ -56,7 +58,7 @@ CONTRACT = {
 REMOVED_ON_ERASE = [QEMU_HOOK, NETWORK_HOOK, "/usr/lib/udev/rules.d/90-kvmhooks.rules",
                     "/usr/lib/systemd/system/kvmhooks-nic@.service",
                     "/usr/lib/systemd/network/10-kvmhooks.link", COMMAND, CLIENT,
-                    *AGENT_UNITS,
+                    *AGENT_UNITS, PRESET,
                     f"{SITELIB}/kvmhooks", CONFIG, "/etc/kvmhooks",
                     "/etc/libvirt/hooks/qemu.d", "/etc/libvirt/hooks/network.d"]
 
@@ -327,3 +329,10 @@ def test_erase_keeps_an_edited_config_as_rpmsave(installed):
     assert (installed / (CONFIG + ".rpmsave")).read_text() == '[uplink.lan]\nnic = "ens32"\n'
     assert not (installed / QEMU_HOOK).exists()
 
+
+def test_preset_enables_the_agent_socket_and_nothing_else(installed):
+    # systemctl preset (the %systemd_post of a first install) reads it: the socket starts
+    # the agent on demand; the NIC unit is started by udev, never enabled.
+    lines = [line for line in (installed / PRESET).read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    assert lines == ["enable kvmhooks-agent.socket"]
