@@ -74,6 +74,16 @@ def test_make_rpm_and_srpm_in_a_tree_without_git(tmp_path, rpms):
     assert (built / f"{NAME}-1.el9.src.rpm").is_file()
 
 
+def test_make_rpm_from_git_archive_of_head(tmp_path):
+    # The committed tree, exactly as issue 12's acceptance builds it.
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    run(["git", "archive", "--format=tar", "-o", tmp_path / "head.tar", "HEAD"], cwd=REPO)
+    run(["tar", "-x", "-C", tree, "-f", tmp_path / "head.tar"])
+    run(["make", "-C", tree, "rpm"])
+    assert (tree / "build" / "rpm" / f"{NAME}-1.el9.noarch.rpm").is_file()
+
+
 def test_exported_tree_makes_the_tarball_of_the_checkout(tmp_path, tarball):
     tree = _export(tmp_path / "tree")
     again = build("--tarball", "--outdir", str(tmp_path / "dist"), cwd=tree)
