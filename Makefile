@@ -1,5 +1,5 @@
 # kvmhooks: lab and developer entry points (run as root on the lab machine).
-.PHONY: setup test test-el9-floor test-el10 test-current demo lint rpm bench
+.PHONY: setup test test-el9-floor test-el10 test-current demo lint rpm srpm dist bench
 
 VENV_PY := .venv/bin/python
 EL ?= 9
@@ -37,7 +37,15 @@ bench: setup
 lint:
 	.venv/bin/ruff check .
 
-# The RPM (noarch) for EL$(EL) from this work tree, into build/rpm (needs rpmbuild:
-# Debian's `rpm` package, which scripts/lab-setup installs). `make rpm EL=10` for EL10.
+# The RPM (noarch) for EL$(EL) from this tree, a git checkout or an exported one, into
+# build/rpm (needs rpmbuild: Debian's `rpm` package, which scripts/build-rpm installs when
+# missing). `make rpm EL=10` for EL10; `make srpm` the source RPM; `make dist` the release
+# tarball, kvmhooks-VERSION.tar.gz, for `rpmbuild -ta`.
 rpm:
 	scripts/build-rpm --el $(EL)
+
+srpm:
+	scripts/build-rpm --el $(EL) --srpm
+
+dist:
+	scripts/build-rpm --tarball --outdir build/dist

@@ -1,10 +1,11 @@
 """The RPM: built by scripts/build-rpm (rpmbuild from Debian's rpm package), installed into
 a scratch root with `rpm --root` (--nodeps: the EL packages do not exist here), upgraded
-and erased there; its scriptlets run on their own with stand-in systemctl and udevadm.
+and erased there.
 
-rpm runs scriptlets chrooted into the scratch root, which has no shell, so every
-`rpm --root` transaction here runs with --noscripts and the scriptlets are tested apart.
-Installing with `rpm --root` needs root (files owned by root), hence the system mark.
+rpm runs scriptlets chrooted into the scratch root, which has no shell here, so every
+`rpm --root` transaction here runs with --noscripts; test_scriptlets.py runs them in a root
+that has one. Installing with `rpm --root` needs root (files owned by root), hence the
+system mark.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ from pathlib import Path
 import pytest
 
 from kvmhooks import install
+from tests.packaging.rpms import REPO, pyproject_version, query, run
+from tests.packaging.rpms import SITELIB as EL_SITELIB
 
 pytestmark = pytest.mark.system
 
-REPO = Path(__file__).resolve().parents[2]
-SITELIB = "/usr/lib/python3.9/site-packages"  # EL9's, what scripts/build-rpm builds by default
+SITELIB = EL_SITELIB[9]  # what scripts/build-rpm builds by default
 CONFIG = "/etc/kvmhooks/kvmhooks.toml"
 QEMU_HOOK = "/etc/libvirt/hooks/qemu.d/kvmhooks"
 NETWORK_HOOK = "/etc/libvirt/hooks/network.d/kvmhooks"
@@ -31,6 +33,7 @@ COMMAND = "/usr/bin/kvmhooks"
 CLIENT = "/usr/libexec/kvmhooks/hookclient.py"
 AGENT_UNITS = ["/usr/lib/systemd/system/kvmhooks-agent.socket",
                "/usr/lib/systemd/system/kvmhooks-agent.service"]
+PRESET = "/usr/lib/systemd/system-preset/50-kvmhooks.preset"
 
 # The installed paths of the contract (DESIGN.md, README) and the RPM's own, with modes.
 CONTRACT = {
@@ -40,6 +43,7 @@ CONTRACT = {
     "/usr/lib/systemd/system/kvmhooks-nic@.service": 0o644,
     "/usr/lib/systemd/network/10-kvmhooks.link": 0o644,
     **{unit: 0o644 for unit in AGENT_UNITS},
+    PRESET: 0o644,
     CLIENT: 0o644,
     CONFIG: 0o644,
     COMMAND: 0o755,
@@ -54,12 +58,9 @@ CONTRACT = {
 REMOVED_ON_ERASE = [QEMU_HOOK, NETWORK_HOOK, "/usr/lib/udev/rules.d/90-kvmhooks.rules",
                     "/usr/lib/systemd/system/kvmhooks-nic@.service",
                     "/usr/lib/systemd/network/10-kvmhooks.link", COMMAND, CLIENT,
-                    *AGENT_UNITS,
+                    *AGENT_UNITS, PRESET,
                     f"{SITELIB}/kvmhooks", CONFIG, "/etc/kvmhooks",
                     "/etc/libvirt/hooks/qemu.d", "/etc/libvirt/hooks/network.d"]
-
-EXPECTED_REQUIRES = {"python3-libvirt", "python3-lxml", "python3-pyroute2", "python3-pyudev",
-                     "python3-tomli", "libvirt-daemon-driver-qemu >= 6.5.0"}
 
 UNTAGGED_DOMAIN = b"""<domain type='kvm'>
   <name>kt-rpm</name>
@@ -76,37 +77,8 @@ UNTAGGED_DOMAIN = b"""<domain type='kvm'>
 """
 
 
-def _run(args, **kwargs) -> subprocess.CompletedProcess:
-    result = subprocess.run(args, capture_output=True, text=True, **kwargs)
-    assert result.returncode == 0, (
-        f"{' '.join(map(str, args))} exited {result.returncode}\n"
-        f"stdout: {result.stdout}\nstderr: {result.stderr}")
-    return result
-
-
-def _pyproject_version() -> str:
-    text = (REPO / "pyproject.toml").read_text()
-    return re.search(r'^version = "([^"]+)"', text, re.MULTILINE).group(1)
-
-
-# --------------------------------------------------------------------------- the builds
-
-
-@pytest.fixture(scope="session")
-def rpms(tmp_path_factory) -> dict[int, Path]:
-    """Release 1 and release 2 of the same work tree, built once per session."""
-    out = tmp_path_factory.mktemp("rpms")
-    built = {}
-    for release in (1, 2):
-        result = _run([str(REPO / "scripts" / "build-rpm"), "--release", str(release),
-                       "--outdir", str(out)], cwd=REPO)
-        built[release] = Path(result.stdout.strip().splitlines()[-1])
-        assert built[release].is_file(), result.stdout
-    return built
-
-
 def _query(rpm: Path, *args: str) -> str:
-    return _run(["rpm", "-qp", *args, str(rpm)]).stdout
+    return query(rpm, *args)
 
 
 class Root:
@@ -117,7 +89,7 @@ class Root:
         self.rpm("--initdb")
 
     def rpm(self, *args: str) -> str:
-        return _run(["rpm", "--root", str(self.path), "--dbpath", "/var/lib/rpm",
+        return run(["rpm", "--root", str(self.path), "--dbpath", "/var/lib/rpm",
                      *args]).stdout
 
     def install(self, rpm: Path, *options: str) -> None:
@@ -141,24 +113,21 @@ def installed(root, rpms) -> Root:
 # --------------------------------------------------------------------------- metadata
 
 
-def test_rpm_is_noarch_with_pyprojects_version_and_the_el_requires(rpms):
+def test_rpm_is_noarch_with_pyprojects_version(rpms):
     info = _query(rpms[1], "--qf", "%{NAME} %{VERSION} %{RELEASE} %{ARCH} %{LICENSE}")
-    assert info == f"kvmhooks {_pyproject_version()} 1.el9 noarch MIT"
+    assert info == f"kvmhooks {pyproject_version()} 1.el9 noarch MIT"
     requires = {line.strip() for line in _query(rpms[1], "--requires").splitlines()}
-    assert EXPECTED_REQUIRES <= requires
     assert "python(abi) = 3.9" in requires  # rpm's generator, from the site-packages path
 
 
 def test_spec_fallback_version_is_pyprojects():
     spec = (REPO / "packaging" / "kvmhooks.spec").read_text()
-    assert f"%{{!?kh_version:%global kh_version {_pyproject_version()}}}" in spec
+    assert f"%{{!?kh_version:%global kh_version {pyproject_version()}}}" in spec
 
 
-def test_el10_build_drops_tomli_and_uses_python_3_12(tmp_path):
-    result = _run([str(REPO / "scripts" / "build-rpm"), "--el", "10", "--outdir",
-                   str(tmp_path)], cwd=REPO)
-    rpm = Path(result.stdout.strip().splitlines()[-1])
-    assert rpm.name == f"kvmhooks-{_pyproject_version()}-1.el10.noarch.rpm"
+def test_el10_build_drops_tomli_and_uses_python_3_12(el_rpms):
+    rpm = el_rpms[10]
+    assert rpm.name == f"kvmhooks-{pyproject_version()}-1.el10.noarch.rpm"
     requires = _query(rpm, "--requires")
     assert "python3-tomli" not in requires
     assert "python(abi) = 3.12" in requires
@@ -361,131 +330,9 @@ def test_erase_keeps_an_edited_config_as_rpmsave(installed):
     assert not (installed / QEMU_HOOK).exists()
 
 
-# --------------------------------------------------------------------------- scriptlets
-
-STAND_IN_SYSTEMCTL = """\
-#!/bin/sh
-echo "systemctl $*" >> "$KH_LOG"
-case "$1" in
-    is-active)
-        for unit in $KH_ACTIVE; do
-            for arg in "$@"; do [ "$arg" = "$unit" ] && exit 0; done
-        done
-        echo inactive >&2
-        exit 3 ;;
-    try-restart) exit "${KH_RESTART_STATUS:-0}" ;;
-esac
-exit 0
-"""
-
-STAND_IN_UDEVADM = """\
-#!/bin/sh
-echo "udevadm $*" >> "$KH_LOG"
-exit "${KH_UDEVADM_STATUS:-0}"
-"""
-
-DAEMONS = ["libvirtd.service", "virtqemud.service", "virtnetworkd.service"]
-RESTARTED = ["kvmhooks-agent.service", *DAEMONS]  # what the refresh may restart, in order
-
-
-@pytest.fixture(scope="session")
-def scriptlets(rpms) -> dict[str, str]:
-    tags = {"post": "POSTIN", "preun": "PREUN", "posttrans": "POSTTRANS", "postun": "POSTUN"}
-    return {name: _query(rpms[1], "--qf", f"%{{{tag}}}") for name, tag in tags.items()}
-
-
-@pytest.fixture
-def stand_ins(tmp_path) -> Path:
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for name, text in (("systemctl", STAND_IN_SYSTEMCTL), ("udevadm", STAND_IN_UDEVADM)):
-        (bin_dir / name).write_text(text)
-        (bin_dir / name).chmod(0o755)
-    return bin_dir
-
-
-def _run_scriptlet(body: str, arg: str, path: str, tmp_path: Path, active=(),
-                   **status: str) -> list[str]:
-    log = tmp_path / "calls.log"
-    log.unlink(missing_ok=True)
-    env = {"PATH": path, "KH_LOG": str(log), "KH_ACTIVE": " ".join(active), **status}
-    # rpm runs a scriptlet as `/bin/sh -c BODY NAME ARG`-alike: $1 is the package count.
-    result = subprocess.run(["/bin/bash", "-c", body, "scriptlet", arg], env=env,
-                            capture_output=True, text=True, timeout=30)
-    assert result.returncode == 0, result.stderr
-    return log.read_text().splitlines() if log.exists() else []
-
-
-def test_rpm_shows_the_scriptlets_and_they_parse(rpms, scriptlets, tmp_path):
-    shown = _query(rpms[1], "--scripts")
-    for heading in ("postinstall", "preuninstall", "posttrans", "postuninstall"):
-        assert f"{heading} scriptlet (using /bin/sh):" in shown
-    for name, body in scriptlets.items():
-        assert body.strip() and body in shown, name
-        script = tmp_path / name
-        script.write_text(body)
-        for shell in ("bash", "sh"):
-            result = subprocess.run([shell, "-n", str(script)], capture_output=True, text=True)
-            assert result.returncode == 0, f"{shell} -n {name}: {result.stderr}"
-
-
-SCENARIOS = {
-    "modular": (["kvmhooks-agent.service", "virtqemud.service", "virtnetworkd.service"],
-                ["kvmhooks-agent.service", "virtqemud.service", "virtnetworkd.service"]),
-    "monolithic": (["libvirtd.service"], ["libvirtd.service"]),
-    "none": ([], []),
-}
-
-
-@pytest.mark.parametrize("scriptlet,arg", [("posttrans", "0"), ("posttrans", "1"),
-                                           ("postun", "0")])
-@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
-def test_scriptlet_restarts_the_running_daemons_only(scriptlets, stand_ins, tmp_path,
-                                                      scriptlet, arg, scenario):
-    active, restarted = SCENARIOS[scenario]
-    calls = _run_scriptlet(scriptlets[scriptlet], arg, f"{stand_ins}:/usr/bin:/bin", tmp_path,
-                           active)
-    assert calls[:2] == ["udevadm control --reload", "systemctl daemon-reload"]
-    assert [c for c in calls if c.startswith("systemctl is-active")] == [
-        f"systemctl is-active --quiet {unit}" for unit in RESTARTED]
-    assert [c.split()[-1] for c in calls if c.startswith("systemctl try-restart")] == restarted
-    assert all(c.split()[1] in ("is-active", "try-restart") for c in calls[2:]), calls
-
-
-def test_postun_of_an_upgrade_does_nothing(scriptlets, stand_ins, tmp_path):
-    # The new release's posttrans restarts the daemons once, after the whole transaction.
-    assert _run_scriptlet(scriptlets["postun"], "1", f"{stand_ins}:/usr/bin:/bin", tmp_path,
-                          DAEMONS) == []
-
-
-@pytest.mark.parametrize("scriptlet,arg", [("posttrans", "0"), ("postun", "0")])
-def test_scriptlet_without_systemd_or_udevadm_succeeds(scriptlets, tmp_path, scriptlet, arg):
-    empty = tmp_path / "empty-bin"
-    empty.mkdir()
-    assert _run_scriptlet(scriptlets[scriptlet], arg, str(empty), tmp_path) == []
-
-
-@pytest.mark.parametrize("scriptlet,arg", [("posttrans", "0"), ("postun", "0")])
-def test_failing_systemctl_and_udevadm_never_fail_the_transaction(scriptlets, stand_ins,
-                                                                  tmp_path, scriptlet, arg):
-    calls = _run_scriptlet(scriptlets[scriptlet], arg, f"{stand_ins}:/usr/bin:/bin", tmp_path,
-                           ["libvirtd.service"], KH_RESTART_STATUS="1", KH_UDEVADM_STATUS="1")
-    assert "systemctl try-restart libvirtd.service" in calls
-
-
-def test_post_enables_the_agent_socket_only_where_systemd_runs(scriptlets, stand_ins,
-                                                               tmp_path):
-    # This machine runs no systemd (/run/systemd/system is absent): nothing is asked for.
-    assert not os.path.isdir("/run/systemd/system")
-    assert "systemctl enable --now kvmhooks-agent.socket" in scriptlets["post"]
-    for arg in ("1", "2"):
-        assert _run_scriptlet(scriptlets["post"], arg, f"{stand_ins}:/usr/bin:/bin",
-                              tmp_path) == []
-
-
-def test_preun_of_an_erase_stops_the_agent_and_an_upgrade_does_not(scriptlets, stand_ins,
-                                                                    tmp_path):
-    path = f"{stand_ins}:/usr/bin:/bin"
-    assert _run_scriptlet(scriptlets["preun"], "0", path, tmp_path) == [
-        "systemctl disable --now kvmhooks-agent.socket kvmhooks-agent.service"]
-    assert _run_scriptlet(scriptlets["preun"], "1", path, tmp_path) == []
+def test_preset_enables_the_agent_socket_and_nothing_else(installed):
+    # systemctl preset (the %systemd_post of a first install) reads it: the socket starts
+    # the agent on demand; the NIC unit is started by udev, never enabled.
+    lines = [line for line in (installed / PRESET).read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    assert lines == ["enable kvmhooks-agent.socket"]
