@@ -27,12 +27,23 @@ def _readme_rpm_section() -> str:
     return text.split("\n## RPM\n", 1)[1].split("\n## ", 1)[0]
 
 
-@pytest.fixture(scope="session", params=[9, 10], ids=["el9", "el10"])
+@pytest.fixture(scope="session", params=[(9, "checkout"), (10, "checkout"),
+                                        (9, "git-archive")],
+                ids=["el9", "el10", "el9-git-archive"])
 def lint(request, tmp_path_factory) -> subprocess.CompletedProcess:
+    """From this checkout, or from `git archive HEAD` extracted by root, which keeps git's
+    0664 file modes."""
+    el, tree = request.param
+    top = REPO
+    if tree == "git-archive":
+        top = tmp_path_factory.mktemp("archive")
+        archive = subprocess.run(["git", "-C", REPO, "archive", "HEAD"], capture_output=True,
+                                 check=True).stdout
+        subprocess.run(["tar", "-x", "-C", top], input=archive, check=True)
     return subprocess.run(
-        [BUILD_RPM, "--lint", "--el", str(request.param),
+        [top / BUILD_RPM.relative_to(REPO), "--lint", "--el", str(el),
          "--outdir", tmp_path_factory.mktemp("lint")],
-        capture_output=True, text=True, timeout=300, cwd=REPO,
+        capture_output=True, text=True, timeout=300, cwd=top,
         env={**os.environ, "RPMLINT": str(RPMLINT)})
 
 
