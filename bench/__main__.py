@@ -2,6 +2,8 @@
 
   a  a hook call with nothing to do, against `python -c pass` (the hooks' own interpreter)
   b  prepare of a domain with four tagged interfaces (two bridge, two macvtap), same floor
+     a and b are measured twice: on the host, and with EL9's floor (Python 3.9, pyroute2
+     0.5.14, lxml 4.6) in the root of scripts/el9-floor-root, timed from inside it
   c  start + destroy of that domain with kvmhooks, against the same domain in native form
      with its shared devices made beforehand and no kvmhooks hook installed
   d  40 tagged domains started 8 at a time, against the same without kvmhooks
@@ -10,28 +12,29 @@
 Run as root on the lab machine after `make setup`, from the repository root as
 `python -m bench` (`make bench` does both). It restarts libvirtd to take the hooks out and
 put them back for c and d, and boots 20 tiny TCG guests for e. Everything it makes is
-removed at the end, also on failure.
+removed at the end, also on failure; the EL9 floor's agent ends with its run.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from bench.timing import describe, median_ms, noop_calls, prepares
 from tests.lab import guest
 from tests.lab.cleanup import Cleanup
 from tests.lab.commands import HOOKS, QEMU_HOOK
 from tests.lab.config import ConfigFile
 from tests.lab.daemons import LIBVIRTD_PIDFILE
 from tests.lab.domains import Iface, domain_xml
-from tests.lab.links import delete_link_later, link_exists, link_info
+from tests.lab.links import delete_link_later, link_info
 from tests.lab.lock import take_lab_lock
 from tests.lab.logcapture import SyslogCapture
 from tests.lab.names import guest_mac, pick_subnet, unique_name
@@ -42,23 +45,37 @@ from tests.lab.wait import wait_for
 TARGETS = {"a": 1.5, "b": 3.0, "c": 1.10, "d": 1.25, "e": 2.0}
 UNTAGGED = domain_xml("kt-bench", metadata="",
                       uuid="6b0d5f8e-1a2b-4c3d-8e9f-0a1b2c3d4e5f").encode()
-
-
-def timed(command: list[str], stdin: bytes = b"") -> float:
-    start = time.perf_counter()
-    subprocess.run(command, input=stdin, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                   check=False)
-    return time.perf_counter() - start
-
-
-def median_ms(samples: list[float]) -> float:
-    return statistics.median(samples) * 1000
+REPO = Path(__file__).resolve().parents[1]
+IN_EL9_FLOOR = REPO / "scripts" / "in-el9-floor"
 
 
 def interpreter() -> str:
     """The Python the installed hooks run (their exec line)."""
     last = QEMU_HOOK.read_text().strip().splitlines()[-1]
     return last.split()[1]
+
+
+def host_versions(python: str) -> str:
+    found = subprocess.run([python, "-c", "import json, bench.timing as t; "
+                            "print(json.dumps(t.versions()))"],
+                           cwd=REPO, capture_output=True, text=True, check=True)
+    return describe(json.loads(found.stdout))
+
+
+class FloorFailed(Exception):
+    """The EL9-floor run of a figure gave no samples."""
+
+
+def on_el9_floor(job: dict) -> dict:
+    """bench/floor.py's samples for job, measured inside the EL9-floor root; raises
+    FloorFailed with its error line."""
+    done = subprocess.run([str(IN_EL9_FLOOR), "python3", "-m", "bench.floor"], cwd=REPO,
+                          input=json.dumps(job), capture_output=True, text=True, check=False)
+    if done.returncode:
+        lines = done.stderr.strip().splitlines() or [f"exit status {done.returncode}"]
+        raise FloorFailed(lines[-1])
+    return json.loads(done.stdout)
+
 
 
 def report(key: str, ratio: float, text: str) -> bool:
@@ -96,34 +113,58 @@ def four_interfaces(uplink: str, bridge: str, native: bool) -> list[Iface]:
 
 # --- the figures ------------------------------------------------------------------------
 
-def figure_a(rounds: int) -> bool:
+def figure_a(rounds: int, el9_floor: bool) -> list[bool]:
     python, hook = interpreter(), str(QEMU_HOOK)
-    floor, start, untagged = [], [], []
-    for _ in range(rounds):
-        floor.append(timed([python, "-c", "pass"]))
-        start.append(timed([hook, "kt-bench", "start", "begin", "-"]))
-        untagged.append(timed([hook, "kt-bench", "prepare", "begin", "-"], UNTAGGED))
-    ratio = median_ms(untagged) / median_ms(floor)
-    return report("a", ratio, f"no-op hook call: prepare of an untagged domain "
-                  f"{median_ms(untagged):.1f} ms, start {median_ms(start):.1f} ms; "
-                  f"`{python} -c pass` {median_ms(floor):.1f} ms (median of {rounds})")
+    met = [report_a(f"host ({host_versions(python)})", python,
+                    noop_calls(python, hook, "kt-bench", UNTAGGED, rounds), rounds)]
+    if el9_floor:
+        job = {"figure": "a", "rounds": rounds, "name": "kt-bench", "xml": UNTAGGED.decode()}
+        met.append(floor_report("a", job, report_a, rounds))
+    return met
 
 
-def figure_b(rounds: int, uplink: str, bridge: str) -> bool:
+def report_a(tier: str, python: str, samples: dict, rounds: int) -> bool:
+    ratio = median_ms(samples["untagged"]) / median_ms(samples["pass"])
+    return report("a", ratio, f"{tier}: no-op hook call: prepare of an untagged domain "
+                  f"{median_ms(samples['untagged']):.1f} ms, start "
+                  f"{median_ms(samples['start']):.1f} ms; `{python} -c pass` "
+                  f"{median_ms(samples['pass']):.1f} ms, with -I -S "
+                  f"{median_ms(samples['bare']):.1f} ms (median of {rounds})")
+
+
+def figure_b(cleanup, rounds: int, uplink: str, bridge: str, config: str,
+             el9_floor: bool) -> list[bool]:
     python, hook = interpreter(), str(QEMU_HOOK)
     ifaces = four_interfaces(uplink, bridge, native=False)
-    xml = domain_xml("kt-bench-b", ifaces, uuid="7c1e2b3a-4d5e-4f60-8172-9a0b1c2d3e4f").encode()
-    floor, prepare = [], []
-    for _ in range(rounds):
-        floor.append(timed([python, "-c", "pass"]))
-        prepare.append(timed([hook, "kt-bench-b", "prepare", "begin", "-"], xml))
-        subprocess.run([hook, "kt-bench-b", "release", "end", "-"], input=xml, check=True)
-    for iface in ifaces:
-        assert not link_exists(iface.hook_owned_dev), "release left a device"
-    ratio = median_ms(prepare) / median_ms(floor)
-    return report("b", ratio, f"prepare, 4 tagged interfaces (2 bridge, 2 macvtap): "
-                  f"{median_ms(prepare):.1f} ms; floor {median_ms(floor):.1f} ms "
-                  f"(median of {rounds})")
+    devices = [iface.hook_owned_dev for iface in ifaces]
+    delete_link_later(cleanup, *devices)  # release removes them; this, when a run breaks
+    name = "kt-bench-b"
+    xml = domain_xml(name, ifaces, uuid="7c1e2b3a-4d5e-4f60-8172-9a0b1c2d3e4f")
+    met = [report_b(f"host ({host_versions(python)})", python,
+                    prepares(python, hook, name, xml.encode(), devices, rounds), rounds)]
+    if el9_floor:
+        # The same domain on the same uplink, whose bridge and shim the host's run built.
+        job = {"figure": "b", "rounds": rounds, "name": name, "xml": xml,
+               "devices": devices, "config": config}
+        met.append(floor_report("b", job, report_b, rounds))
+    return met
+
+
+def report_b(tier: str, python: str, samples: dict, rounds: int) -> bool:
+    ratio = median_ms(samples["prepare"]) / median_ms(samples["pass"])
+    return report("b", ratio, f"{tier}: prepare, 4 tagged interfaces (2 bridge, 2 macvtap): "
+                  f"{median_ms(samples['prepare']):.1f} ms; `{python} -c pass` "
+                  f"{median_ms(samples['pass']):.1f} ms (median of {rounds})")
+
+
+def floor_report(key: str, job: dict, report_tier, rounds: int) -> bool:
+    try:
+        measured = on_el9_floor(job)
+    except FloorFailed as error:
+        print(f"{key}  EL9 floor: no figure: {error}\n   FAIL", flush=True)
+        return False
+    return report_tier(f"EL9 floor ({describe(measured['versions'])})", measured["python"],
+                       measured["samples"], rounds)
 
 
 def cycles(cleanup, xml: str, count: int) -> list[float]:
@@ -246,6 +287,8 @@ def main() -> int:
     parser.add_argument("--only", default="abcde", help="the figures to measure, e.g. 'e'")
     parser.add_argument("--log", action="store_true",
                         help="print what kvmhooks logged during e, with times")
+    parser.add_argument("--host-only", action="store_true",
+                        help="measure a and b on the host only, not also on the EL9 floor")
     args = parser.parse_args()
     results = []
     with Cleanup() as cleanup:
@@ -257,13 +300,15 @@ def main() -> int:
         nic = StandInNic(cleanup, None, subnet.addr(1), subnet.addr(2))
         bridge = unique_name("ktbr")
         delete_link_later(cleanup, bridge, "kh-bench")
-        config.write(f'[uplink.bench]\nnic = "{nic.name}"\nbridge = "{bridge}"\n')
+        uplink = f'[uplink.bench]\nnic = "{nic.name}"\nbridge = "{bridge}"\n'
+        config.write(uplink)
         print(f"kvmhooks benchmark, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores",
               flush=True)
         if "a" in args.only:
-            results.append(figure_a(args.rounds))
+            results += figure_a(args.rounds, not args.host_only)
         if "b" in args.only:
-            results.append(figure_b(args.rounds, "bench", bridge))
+            results += figure_b(cleanup, args.rounds, "bench", bridge, uplink,
+                                not args.host_only)
         if "c" in args.only:
             results.append(figure_c(cleanup, args.cycles, "bench", bridge))
         if "d" in args.only:
