@@ -15,7 +15,13 @@ from tests.lab import leaks
 from tests.lab.cleanup import Cleanup, CleanupError
 from tests.lab.commands import HOOKS, QEMU_HOOK
 from tests.lab.config import ConfigFile
-from tests.lab.daemons import agent_pid, daemon_started_after, start_agent, stop_agent
+from tests.lab.daemons import (
+    agent_pid,
+    daemon_started_after,
+    settle_nic_events,
+    start_agent,
+    stop_agent,
+)
 from tests.lab.lock import take_lab_lock
 from tests.lab.logcapture import SyslogCapture
 from tests.lab.names import pick_subnet
@@ -36,10 +42,19 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture
-def cleanup():
-    """A :class:`Cleanup` run at teardown; the test errors if a step failed."""
+def cleanup(request):
+    """A :class:`Cleanup` run at teardown; the test errors if a step failed.
+
+    In system tests the teardown first lets udev's queue and kvmhooks' NIC-event
+    handlers finish: a handler still at work on an event the test caused would
+    otherwise rebuild a bridge or shim right after the cleanup removed it."""
     registry = Cleanup()
     yield registry
+    if request.node.get_closest_marker("system") and os.geteuid() == 0:
+        try:
+            settle_nic_events()
+        except TimeoutError:
+            pass  # a handler the test itself holds up: its own cleanup step stops it
     errors = registry.run()
     if errors:
         details = "\n".join(
@@ -171,6 +186,28 @@ def _lock_system_tests(config: pytest.Config, timeout: float = 900.0) -> Cleanup
     return held
 
 
+class _LinkWatch:
+    """Which test's teardown first left each new kt*/kh* link behind, so that the
+    session's leak report names a suspect (a link may also come from a process that
+    outlived an earlier test)."""
+
+    baseline: set[str] | None = None
+    first_seen: dict[str, str] = {}
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item):
+    yield
+    if _LinkWatch.baseline is not None:
+        for name in set(leaks.leftover_links()) - _LinkWatch.baseline:
+            _LinkWatch.first_seen.setdefault(name, item.nodeid)
+
+
+def _suspects(links: list[str]) -> str:
+    named = sorted({_LinkWatch.first_seen[n] for n in links if n in _LinkWatch.first_seen})
+    return f" (first seen after {', '.join(named)})" if named else ""
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _lab_leak_check(request):
     """In sessions that run system tests (as root): take the lab lock and
@@ -193,7 +230,9 @@ def _lab_leak_check(request):
     before = leaks.snapshot(conn)
     if conn is not None:
         conn.close()
+    _LinkWatch.baseline = before["links"]
     yield
+    _LinkWatch.baseline = None
     conn = _libvirt_for_leak_check()  # a test may have restarted libvirtd meanwhile
     after = leaks.snapshot(conn)
     left = {k: sorted(after[k] - before[k]) for k in after if after[k] - before[k]}
@@ -202,7 +241,8 @@ def _lab_leak_check(request):
     if left:
         pytest.fail(
             "tests left these behind (every test must remove what it made): "
-            + "; ".join(f"{k}: {', '.join(v)}" for k, v in left.items()),
+            + "; ".join(f"{k}: {', '.join(v)}" for k, v in left.items())
+            + _suspects(left.get("links", [])),
             pytrace=False,
         )
     lock.run()
