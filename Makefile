@@ -1,5 +1,5 @@
 # kvmhooks: lab and developer entry points (run as root on the lab machine).
-.PHONY: setup test test-el9-floor test-el10 test-current demo lint rpm srpm dist bench
+.PHONY: setup test test-el9-floor test-el10 test-current vmtest demo lint rpm srpm dist bench
 
 VENV_PY := .venv/bin/python
 EL ?= 9
@@ -27,6 +27,10 @@ test-el10:
 
 test-current: setup
 	$(VENV_PY) -m pytest
+
+# The systemd host VM (tests/vm): builds or reuses its image, boots it under TCG.
+vmtest: setup
+	$(VENV_PY) -m pytest tests/vm
 
 demo: setup
 	$(VENV_PY) -m demo

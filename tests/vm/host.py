@@ -1,0 +1,126 @@
+"""kvmhooks on the systemd host VM, driven from outside: installed the way a host installs
+it, configured, and nested guests that boot inside it (type='kvm': the VM's CPU has SVM)
+and ping the LAN.
+
+    host = KvmhooksHost(vm, lan)
+    host.install(wheel)
+    host.configure('[uplink.lan]\\nnic = "enp1s0"\\n')
+    guest = host.start_guest([Iface(guest_mac(), "direct", "lan", "bridge")])
+    guest.wait_pinging(lan.host)
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.lab.cleanup import Cleanup
+from tests.lab.domains import Iface, domain_xml, serial_log_path
+from tests.lab.guest import guest_cmdline, ping_line
+from tests.lab.names import unique_name
+
+from .image import GUEST_DIR
+from .machine import HostVM, Lan
+from .qemu import Completed
+
+PROJECT = Path(__file__).resolve().parents[2]
+CONFIG = "/etc/kvmhooks/kvmhooks.toml"
+
+
+def build_wheel(into: Path) -> Path:
+    """The kvmhooks wheel of this tree (what `pip install kvmhooks` would install)."""
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
+                    "-q", "-w", str(into), str(PROJECT)], check=True)
+    (wheel,) = into.glob("kvmhooks-*.whl")
+    return wheel
+
+
+@dataclass
+class NestedGuest:
+    host: KvmhooksHost
+    name: str
+    ifaces: list[Iface]
+
+    def serial(self) -> list[str]:
+        out = self.host.sh(f"cat {serial_log_path(self.name)} 2>/dev/null || true").stdout
+        return out.splitlines()
+
+    def wait_line(self, regex: str, timeout: float, after: int = 0, count: int = 1) -> int:
+        """Wait for ``count`` serial lines matching ``regex`` after line ``after``; the
+        number of lines then."""
+        pattern = re.compile(regex)
+        deadline = time.monotonic() + timeout
+        while True:
+            lines = self.serial()
+            if sum(1 for line in lines[after:] if pattern.search(line)) >= count:
+                return len(lines)
+            if time.monotonic() >= deadline:
+                tail = "\n".join(lines[-10:])
+                raise TimeoutError(f"guest {self.name}: no {count} x /{regex}/ within "
+                                   f"{timeout} s; last lines:\n{tail}")
+            time.sleep(1)
+
+    def wait_pinging(self, address: str, timeout: float = 120, after: int = 0) -> int:
+        """Two successful pings of ``address`` after line ``after`` (one in flight at the
+        mark may count for the old state)."""
+        return self.wait_line(ping_line(address), timeout, after, count=2)
+
+
+class KvmhooksHost:
+    def __init__(self, vm: HostVM, lan: Lan) -> None:
+        self.vm, self.lan = vm, lan
+
+    def sh(self, script: str, timeout: float = 120) -> Completed:
+        return self.vm.agent.sh(script, timeout)
+
+    def check(self, script: str, timeout: float = 120) -> str:
+        return self.sh(script, timeout).check().stdout
+
+    def install(self, wheel: Path) -> None:
+        """pip's wheel, then `kvmhooks install` writes the RPM's files at the RPM's paths;
+        the agent socket is enabled through systemd; udev reloads its rules."""
+        target = f"/root/{wheel.name}"
+        self.vm.agent.write_file(target, wheel.read_bytes())
+        self.check(f"pip install -q --break-system-packages --no-deps --no-index "
+                   f"--root-user-action=ignore {target} && kvmhooks install && "
+                   "systemctl daemon-reload && systemctl enable --now kvmhooks-agent.socket && "
+                   "udevadm control --reload", timeout=300)
+
+    def configure(self, text: str) -> None:
+        self.check(f"mkdir -p /etc/kvmhooks && printf %s {shlex.quote(text)} >{CONFIG}.new && "
+                   f"kvmhooks check-config {CONFIG}.new && mv {CONFIG}.new {CONFIG}")
+
+    def start_guest(self, cleanup: Cleanup, ifaces: list[Iface], ips: dict[str, str],
+                    pings: list[str], *, autostart: bool = False) -> NestedGuest:
+        """Define and start a nested guest (kvm, 128 MiB) running the lab image."""
+        name = unique_name("kt-g-")
+        xml = domain_xml(name, ifaces, virt_type="kvm", memory_mib=128,
+                         kernel=f"{GUEST_DIR}/vmlinuz", initrd=f"{GUEST_DIR}/initrd.gz",
+                         cmdline=guest_cmdline(ips, pings))
+        with tempfile.NamedTemporaryFile("w", suffix=".xml") as stream:
+            stream.write(xml)
+            stream.flush()
+            self.vm.agent.write_file(f"/root/{name}.xml", Path(stream.name).read_bytes())
+        cleanup.add(self.remove_guest, name, _what=f"remove nested guest {name}")
+        self.check(f"virsh -q define /root/{name}.xml"
+                   + (f" && virsh -q autostart {name}" if autostart else "")
+                   + f" && virsh -q start {name}", timeout=180)
+        return NestedGuest(self, name, ifaces)
+
+    def remove_guest(self, name: str) -> None:
+        if self.vm.process is None or self.vm.process.poll() is not None:
+            return
+        self.sh(f"virsh -q destroy {name}; virsh -q undefine {name}; "
+                f"rm -f /root/{name}.xml {serial_log_path(name)}", timeout=120)
+
+    def address(self, ifname: str) -> str | None:
+        """The IPv4 address (addr/len) on ``ifname`` in the VM, or None."""
+        out = self.sh(f"ip -4 -o addr show dev {shlex.quote(ifname)}").stdout
+        found = re.search(r"inet (\S+)", out)
+        return found.group(1) if found else None

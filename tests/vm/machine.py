@@ -1,0 +1,209 @@
+"""A systemd host VM booted here under TCG, and the LAN it sits on.
+
+QEMU runs inside a network namespace of the test's own: its NICs are taps there,
+enslaved to a bridge ``lan`` that holds the LAN host's address and a dnsmasq serving
+DHCP. Nothing of it is seen by this machine's own links, udev or routes.
+
+    lan = Lan(cleanup)
+    vm = HostVM(cleanup, lan, [VmNic("uplink")])
+    vm.boot()
+    vm.agent.sh("systemctl is-system-running --wait").check()
+    vm.unplug("uplink"); vm.plug("uplink")
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.lab.cleanup import Cleanup
+from tests.lab.links import create_netns
+from tests.lab.names import Subnet, guest_mac, pick_subnet
+from tests.lab.wait import wait_for
+
+from .image import HostImage, ensure_image
+from .qemu import GuestAgent, Qmp
+
+WORK_DIR = Path("/var/tmp/kvmhooks-vm")
+QEMU = "qemu-system-x86_64"
+#: PCIe root ports: one per NIC slot, so that each NIC can be unplugged and plugged.
+ROOT_PORTS = 4
+DHCP_LEASE = "2m"  # dnsmasq's shortest
+
+
+class Lan:
+    """A network namespace with a bridge ``lan`` (the LAN host at ``subnet.addr(1)``) and
+    a DHCP server handing out .100 to .199 with a short lease."""
+
+    BRIDGE = "lan"
+
+    def __init__(self, cleanup: Cleanup, subnet: Subnet | None = None) -> None:
+        self.subnet = subnet or pick_subnet()
+        self.ns = create_netns(cleanup)
+        self.host = self.subnet.ip(1)
+        self._ip("link", "add", self.BRIDGE, "type", "bridge")
+        self._ip("addr", "add", self.subnet.addr(1), "dev", self.BRIDGE)
+        self._ip("link", "set", self.BRIDGE, "up")
+        self.leases = Path(tempfile.mkstemp(prefix=f"{self.ns}-", suffix=".leases")[1])
+        cleanup.add(self.leases.unlink, missing_ok=True, _what="remove the lease file")
+        dnsmasq = subprocess.Popen(
+            ["ip", "netns", "exec", self.ns, "dnsmasq", "--keep-in-foreground",
+             "--no-resolv", "--no-hosts", "--port=0", f"--interface={self.BRIDGE}",
+             "--bind-interfaces", f"--dhcp-leasefile={self.leases}",
+             f"--dhcp-range={self.subnet.ip(100)},{self.subnet.ip(199)},{DHCP_LEASE}",
+             f"--dhcp-option=option:router,{self.host}", "--log-dhcp",
+             "--log-facility=-"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        cleanup.add(_stop, dnsmasq, _what="stop the LAN's dnsmasq")
+
+    def _ip(self, *args: str) -> None:
+        subprocess.run(["ip", "-n", self.ns, *args], check=True)
+
+    def attach(self, tap: str) -> None:
+        self._ip("link", "set", tap, "master", self.BRIDGE, "up")
+
+    def ping(self, address: str, count: int = 1, timeout: int = 2) -> bool:
+        done = subprocess.run(["ip", "netns", "exec", self.ns, "ping", "-n", "-q", "-c",
+                               str(count), "-W", str(timeout), address],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return done.returncode == 0
+
+
+@dataclass
+class VmNic:
+    """A virtio NIC of the VM on the LAN: QMP device ``id``, on its own root port."""
+
+    id: str
+    mac: str = field(default_factory=guest_mac)
+
+
+class HostVM:
+    """The host image booted with a copy-on-write overlay of its own (a reboot keeps it)."""
+
+    def __init__(self, cleanup: Cleanup, lan: Lan, nics: list[VmNic], *,
+                 memory_mib: int = 2048, cpus: int = 2, image: HostImage | None = None):
+        if len(nics) > ROOT_PORTS:
+            raise ValueError(f"at most {ROOT_PORTS} NICs")
+        self.cleanup, self.lan, self.nics = cleanup, lan, {nic.id: nic for nic in nics}
+        self.memory_mib, self.cpus = memory_mib, cpus
+        self.image = image or ensure_image()
+        WORK_DIR.mkdir(parents=True, exist_ok=True)
+        self.dir = Path(tempfile.mkdtemp(prefix=f"{lan.ns}-", dir=WORK_DIR))
+        cleanup.add(shutil.rmtree, self.dir, ignore_errors=True,
+                    _what=f"remove {self.dir}")
+        self.overlay = self.dir / "overlay.qcow2"
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b",
+                        str(self.image.disk), str(self.overlay)], check=True)
+        self.serial = self.dir / "serial.log"
+        self.agent = GuestAgent(str(self.dir / "qga.sock"))
+        self.process: subprocess.Popen | None = None
+        self.qmp: Qmp | None = None
+
+    def _port(self, nic: VmNic) -> str:
+        return f"rp{list(self.nics).index(nic.id) + 1}"
+
+    def _tap(self, nic: VmNic) -> str:
+        return f"tap-{nic.id}"[:15]
+
+    def _nic_device(self, nic: VmNic) -> str:
+        return f"virtio-net-pci,id={nic.id},netdev=net-{nic.id},mac={nic.mac},bus={self._port(nic)}"
+
+    def command(self) -> list[str]:
+        args = [
+            QEMU, "-name", self.lan.ns, "-nodefaults", "-display", "none",
+            "-machine", "q35", "-accel", "tcg,thread=multi", "-cpu", "max",
+            "-smp", str(self.cpus), "-m", str(self.memory_mib),
+            "-kernel", str(self.image.kernel), "-initrd", str(self.image.initrd),
+            "-append", "root=/dev/vda rw console=ttyS0",
+            "-drive", f"file={self.overlay},if=none,id=disk,format=qcow2,cache=unsafe",
+            "-device", "virtio-blk-pci,drive=disk",
+            "-serial", f"file:{self.serial}",
+            "-qmp", f"unix:{self.dir / 'qmp.sock'},server=on,wait=off",
+            "-chardev", f"socket,id=qga,path={self.dir / 'qga.sock'},server=on,wait=off",
+            "-device", "virtio-serial-pci",
+            "-device", "virtserialport,chardev=qga,name=org.qemu.guest_agent.0",
+            "-object", "rng-random,id=rng,filename=/dev/urandom",
+            "-device", "virtio-rng-pci,rng=rng",
+        ]
+        for i in range(1, ROOT_PORTS + 1):
+            args += ["-device", f"pcie-root-port,id=rp{i},bus=pcie.0,chassis={i},slot={i}"]
+        for nic in self.nics.values():
+            args += ["-netdev", f"tap,id=net-{nic.id},ifname={self._tap(nic)},"
+                                "script=no,downscript=no,vhost=off",
+                     "-device", self._nic_device(nic)]
+        return args
+
+    def boot(self, timeout: float = 180.0) -> float:
+        """Start QEMU and wait for the guest agent; returns the seconds it took."""
+        started = time.monotonic()
+        self.process = subprocess.Popen(["ip", "netns", "exec", self.lan.ns, *self.command()],
+                                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                        stderr=open(self.dir / "qemu.err", "wb"),
+                                        start_new_session=True)
+        self.cleanup.add(self._kill, _what="stop the host VM")
+        qmp_path = self.dir / "qmp.sock"
+        wait_for(lambda: qmp_path.exists() or self.process.poll() is not None, 30,
+                 what="QEMU's QMP socket")
+        if self.process.poll() is not None:
+            raise RuntimeError(f"QEMU exited: {(self.dir / 'qemu.err').read_text()}")
+        self.qmp = Qmp(str(qmp_path))
+        for nic in self.nics.values():
+            self.lan.attach(self._tap(nic))
+        self.agent.wait_up(timeout)
+        self.agent.sh("systemctl is-system-running --wait", timeout=timeout)
+        return time.monotonic() - started
+
+    def _kill(self) -> None:
+        if self.qmp is not None:
+            self.qmp.close()
+            self.qmp = None
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(30)
+
+    def console_tail(self, lines: int = 40) -> str:
+        text = self.serial.read_text(errors="replace") if self.serial.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    # -- the machine ------------------------------------------------------------------
+
+    def unplug(self, nic_id: str, timeout: float = 30.0) -> None:
+        """PCI hot-unplug of the NIC: the guest's kernel sees it go."""
+        self.qmp.execute("device_del", id=nic_id)
+        self.qmp.wait_event("DEVICE_DELETED", timeout, device=nic_id)
+
+    def plug(self, nic_id: str) -> None:
+        """PCI hotplug of the NIC again, on its own port, with its own MAC."""
+        nic = self.nics[nic_id]
+        self.qmp.execute("device_add", driver="virtio-net-pci", id=nic.id,
+                         netdev=f"net-{nic.id}", mac=nic.mac, bus=self._port(nic))
+
+    def reboot(self, timeout: float = 240.0) -> float:
+        """A clean reboot from inside (systemd stops everything); the seconds until the
+        system is up again."""
+        started = time.monotonic()
+        self.agent.call("guest-exec", path="/bin/systemctl", arg=["reboot"])
+        try:
+            self.qmp.wait_event("RESET", 180)
+        except TimeoutError as error:
+            tail = self.console_tail()
+            raise TimeoutError(f"{error}; the console's last lines:\n{tail}") from None
+        self.agent.wait_up(timeout)
+        self.agent.sh("systemctl is-system-running --wait", timeout=timeout)
+        return time.monotonic() - started
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
