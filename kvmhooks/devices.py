@@ -33,7 +33,15 @@ from .actions import (
 from .config import Uplink
 from .domain import Domain, TaggedInterface
 from .errors import ForeignDevice, HostError, MetadataError, NicAbsent
-from .inventory import IFA_F_NODAD, Address, Inventory, Link, Route, prefix_route
+from .inventory import (
+    IFA_F_NODAD,
+    Address,
+    Inventory,
+    Link,
+    Route,
+    in_adding_order,
+    prefix_route,
+)
 from .names import bridge_mark, guest_mark, shim_mark
 from .resolve import Resolution
 
@@ -229,7 +237,8 @@ class DevicePlanner:
                                                      if held else ())}
         on_bridge |= {_route_key(prefix_route(address)) for address in adding
                       if address.makes_prefix_route}
-        for route in nic.routes:  # one the bridge has already only leaves the NIC
+        # One the bridge has already only leaves the NIC.
+        for route in in_adding_order(nic.routes):
             self.actions.append(DelRoute(route, nic.name) if _route_key(route) in on_bridge
                                 else MoveRoute(route, nic.name, bridge))
         if enslave:

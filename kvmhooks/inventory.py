@@ -95,6 +95,14 @@ def is_prefix_route(route: Route, addresses: tuple[Address, ...]) -> bool:
         and str(address.interface.network) == route.dst for address in addresses)
 
 
+def in_adding_order(routes: tuple[Route, ...]) -> tuple[Route, ...]:
+    """``routes`` in an order the kernel accepts them in on another device: a route
+    through a gateway only after the routes that reach gateways. The kernel lists routes
+    by destination, so a default route comes before the prefix route NetworkManager
+    adds for its noprefixroute address, and would find its gateway unreachable."""
+    return tuple(sorted(routes, key=lambda route: route.gateway is not None))
+
+
 def prefix_route(address: Address) -> Route:
     """The route the kernel makes for an address on a device (IPv6's metric 256 where
     the address names none)."""

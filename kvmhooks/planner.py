@@ -10,7 +10,7 @@ from .config import Config
 from .devices import DevicePlanner, guest_link, link_problem
 from .domain import Domain
 from .errors import NetworkRefused
-from .inventory import LOWER_KINDS, Inventory
+from .inventory import LOWER_KINDS, Inventory, in_adding_order
 from .names import guest_mark, network_mark
 from .network import NetworkDef
 from .resolve import Resolution, resolve, resolve_all, uplink_for
@@ -198,7 +198,8 @@ def plan_network_stop(network_name: str, inventory: Inventory) -> Plan:
         if nics:
             nic = nics[0].name
             actions += [AddAddress(nic, address) for address in bridge.addresses]
-            actions += [MoveRoute(route, bridge.name, nic) for route in bridge.routes]
+            actions += [MoveRoute(route, bridge.name, nic)
+                        for route in in_adding_order(bridge.routes)]
             actions.append(SetMaster(nic, None, bridge.name))
         actions.append(DeleteLink(bridge.name, f"network {network_name} stopped"))
     return Plan(tuple(actions))

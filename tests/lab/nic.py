@@ -284,6 +284,8 @@ def _add_route(ipr, index: int, route: NicRoute) -> None:
     spec = {"dst": route.dst, "oif": index, "family": 10 if ":" in route.dst else 2}
     if route.gateway:
         spec["gateway"] = route.gateway
+    elif spec["family"] == 2:
+        spec["scope"] = 253  # link, as `ip route add` makes a route without a gateway
     if route.expires is not None:
         spec["RTA_EXPIRES"] = bytearray(struct.pack("=I", route.expires))  # 0.5 takes no bytes
     if route.onlink:

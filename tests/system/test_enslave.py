@@ -40,6 +40,36 @@ def errors_in(syslog, mark: int) -> list[str]:
     return [text for severity, text in syslog.since(mark) if severity == "error"]
 
 
+RTPROT_KERNEL = 2
+
+
+def test_a_networkmanager_lease_moves_with_its_routes_in_an_order_the_kernel_takes(
+        libvirt_conn, cleanup, kh_config):
+    """NetworkManager's DHCP lease: a noprefixroute address, the prefix route NM adds
+    itself (protocol kernel) and a route through the lease's gateway that the kernel
+    lists first (its destination sorts lower, as a default route's does)."""
+    first, second = sorted((pick_subnet(), pick_subnet()), key=lambda s: s.network)
+    lan, beyond = second, first  # the gateway route's destination sorts before the LAN's
+    nic = StandInNic(
+        cleanup, None, None, lan.addr(2),
+        addresses=(NicAddress(lan.addr(1), valid=3000, preferred=3000,
+                              flags=IFA_F_NOPREFIXROUTE),),
+        routes=(NicRoute(str(lan.network), proto=RTPROT_KERNEL, metric=100),
+                NicRoute(str(beyond.network), lan.ip(2), proto=RTPROT_DHCP, metric=100)))
+    up = lab_uplink(cleanup, nic.name, bridge=True)
+    kh_config(up.table)
+    before = host_state({nic.name})
+    define_and_start(libvirt_conn, domain_xml(unique_name("kt-dom-"),
+                                              [Iface(guest_mac(), "bridge", up.name)]),
+                     cleanup)
+    after = host_state({up.bridge})
+    assert link_info(nic.name)["master"] == up.bridge
+    elapsed = after.taken - before.taken + 2
+    assert entry_differences("routes", global_only(before.links[nic.name]["routes"]),
+                             global_only(after.links[up.bridge]["routes"]), elapsed) == []
+    assert ping(lan.ip(2))
+
+
 def test_moved_addresses_and_routes_keep_their_properties(libvirt_conn, cleanup,
                                                           kh_config, subnet):
     """A DHCP lease, an IPv6 address with lifetimes and NetworkManager's flags, its

@@ -460,6 +460,20 @@ def test_moved_addresses_and_routes_keep_their_properties():
         DelAddress("eth1", V6))
 
 
+def test_routes_through_a_gateway_move_after_the_route_that_reaches_it():
+    """NetworkManager's DHCP lease: a noprefixroute address, and the prefix route NM adds
+    itself (protocol kernel), which the kernel lists after the default route."""
+    lease = Address(ADDRESS, flags=0x200, valid=3000, preferred=3000)
+    own_prefix = Route("198.18.5.0/24", 2, priority=100, source="198.18.5.10", protocol=2,
+                       scope=253)
+    default = Route("default", 2, gateway="198.18.5.1", priority=100, protocol=16)
+    host = Host().nic("eth1", addresses=(lease,), routes=(default, own_prefix))
+    moves = [action for action in prepare(LAN_BRIDGE, host, *tap_on_bridge()).actions
+             if isinstance(action, MoveRoute)]
+    assert moves == [MoveRoute(own_prefix, "eth1", "br-lan"),
+                     MoveRoute(default, "eth1", "br-lan")]
+
+
 def test_a_nic_that_returns_holding_the_bridges_address_only_gives_it_up():
     """NetworkManager re-applied the NIC's address after a driver reload; or a kill came
     between the routes and the enslaving."""
