@@ -121,3 +121,121 @@ def test_after_a_reboot_an_autostarted_guest_runs_with_its_devices(vm_host, clea
     MEASURED["reboot to guest pinging the LAN"] = time.monotonic() - started
     assert host.address("kh-lan") == host.lan.subnet.addr(5)
     assert host.check(f"ip -o link show {iface.hook_owned_dev}")
+
+
+# --- NICs that come back under a name of their own ------------------------------------
+
+def renamed_nic(host, cleanup, name: str) -> str:
+    """Make the uplink NIC come back as ``name`` (a .link file, then a PCI re-plug), and
+    as enp1s0 again at cleanup."""
+    mac = host.vm.nics["uplink"].mac
+    link = f"/etc/systemd/network/10-kt-{name}.link"
+    host.check(f"printf '[Match]\\nMACAddress={mac}\\n\\n[Link]\\nName={name}\\n' >{link} && "
+               "udevadm control --reload")
+
+    def restore() -> None:
+        host.check(f"rm -f {link} && udevadm control --reload")
+        replug(host, NIC)
+
+    cleanup.add(restore, _what=f"name the NIC {NIC} again")
+    replug(host, name)
+    return name
+
+
+def replug(host, name: str) -> None:
+    host.vm.unplug("uplink")
+    host.vm.plug("uplink")
+    try:
+        wait_for(lambda: host.sh(f"test -e /sys/class/net/{name}").returncode == 0, 30,
+                 what=f"the NIC back as {name}")
+    except TimeoutError as error:
+        seen = host.sh("ip -br link; journalctl -b -k --no-pager | tail -n 15").stdout
+        raise TimeoutError(f"{error}; in the VM:\n{seen}") from None
+
+
+def guest_on_macvtap(host, cleanup, last_octet: int):
+    iface = Iface(guest_mac(), "direct", "lan", "bridge")
+    guest = host.start_guest(cleanup, [iface],
+                             {iface.mac: host.lan.subnet.addr(last_octet)}, [host.lan.host])
+    guest.wait_pinging(host.lan.host)
+    return iface, guest
+
+
+def macvtap_lower(host, dev: str) -> str:
+    """The name of the device ``dev`` (a macvtap) sits on, in the VM."""
+    out = host.check(f"ip -o link show {dev}")
+    return out.split("@", 1)[1].split(":", 1)[0]
+
+
+def test_a_nic_named_with_a_dash_gets_its_events_through_systemd(vm_host, cleanup):
+    host = vm_host
+    name = renamed_nic(host, cleanup, "lan-nic0")
+    host.configure(f'[uplink.lan]\nnic = "{name}"\n'
+                   f'host_address = "{host.lan.subnet.addr(5)}"\n')
+    iface, guest = guest_on_macvtap(host, cleanup, 16)
+    mark = len(guest.serial())
+    replug(host, name)
+    guest.wait_pinging(host.lan.host, timeout=120, after=mark)
+    assert macvtap_lower(host, iface.hook_owned_dev) == name
+    units = host.check("journalctl -b --no-pager -o cat _COMM=systemd "
+                       f"| grep -F 'kvmhooks-nic@move:{name}:' || true")
+    assert units, f"no kvmhooks-nic@move:{name}:... unit ran"
+
+
+def test_a_nic_that_comes_back_under_another_name_is_found_by_its_mac(vm_host, cleanup):
+    host = vm_host
+    mac = host.vm.nics["uplink"].mac
+    host.configure(f'[uplink.lan]\nmac = "{mac}"\n'
+                   f'host_address = "{host.lan.subnet.addr(5)}"\n')
+    iface, guest = guest_on_macvtap(host, cleanup, 17)
+    assert macvtap_lower(host, iface.hook_owned_dev) == NIC
+    mark = len(guest.serial())
+    name = renamed_nic(host, cleanup, "uplink7")
+    guest.wait_pinging(host.lan.host, timeout=120, after=mark)
+    assert macvtap_lower(host, iface.hook_owned_dev) == name
+    assert macvtap_lower(host, "kh-lan") == name
+
+
+# --- a bridged uplink and a libvirt network -------------------------------------------
+
+def unmanaged_nic(host, cleanup) -> None:
+    """NetworkManager leaves the uplink NIC alone (by MAC, so also once it is re-plugged)."""
+    mac = host.vm.nics["uplink"].mac
+    conf = "/etc/NetworkManager/conf.d/90-kt-unmanaged.conf"
+    host.check(f"printf '[device-kt]\\nmatch-device=mac:{mac}\\nmanaged=0\\n' >{conf} && "
+               "nmcli general reload conf && sleep 1")
+    cleanup.add(host.check, f"rm -f {conf} && nmcli general reload conf",
+                _what="NetworkManager manages the NIC again")
+
+
+def test_a_bridged_uplinks_guests_come_back_after_a_nic_hotplug(vm_host, cleanup):
+    host = vm_host
+    unmanaged_nic(host, cleanup)
+    cleanup.add(host.sh, "ip link del br-kt", _what="remove br-kt")
+    host.configure(f'[uplink.lan]\nnic = "{NIC}"\nbridge = "br-kt"\n')
+    iface = Iface(guest_mac(), "bridge", "lan")
+    guest = host.start_guest(cleanup, [iface], {iface.mac: host.lan.subnet.addr(18)},
+                             [host.lan.host])
+    guest.wait_pinging(host.lan.host)
+    mark = len(guest.serial())
+    plugged = time.monotonic()
+    replug(host, NIC)
+    guest.wait_pinging(host.lan.host, timeout=120, after=mark)
+    MEASURED["NIC hotplug to bridged guest pinging again"] = time.monotonic() - plugged
+    assert "master br-kt" in host.check(f"ip -o link show {NIC}")
+
+
+def test_a_libvirt_network_named_in_the_config_gets_its_bridge(vm_host, cleanup):
+    host = vm_host
+    unmanaged_nic(host, cleanup)
+    host.configure(f'[uplink.lan]\nnic = "{NIC}"\nbridge = "br-kt"\n\n'
+                   '[network.kt-net]\nuplink = "lan"\n')
+    xml = ("<network><name>kt-net</name><forward mode='bridge'/>"
+           "<bridge name='br-kt'/></network>")
+    host.vm.agent.write_file("/root/kt-net.xml", xml.encode())
+    cleanup.add(host.sh, "virsh -q net-destroy kt-net; virsh -q net-undefine kt-net; "
+                "ip link del br-kt", _what="remove network kt-net")
+    host.check("virsh -q net-define /root/kt-net.xml && virsh -q net-start kt-net")
+    assert "master br-kt" in host.check(f"ip -o link show {NIC}")
+    host.check("virsh -q net-destroy kt-net")
+    assert host.sh("ip link show br-kt").returncode != 0, "kvmhooks made the bridge, so it goes"
