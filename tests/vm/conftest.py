@@ -8,9 +8,9 @@ from __future__ import annotations
 import os
 
 import pytest
+from pyroute2 import netns
 
 from tests.lab.cleanup import Cleanup
-from tests.lab.leaks import leftover_netns
 from tests.lab.lock import take_lab_lock
 
 from .host import KvmhooksHost, build_wheel
@@ -48,7 +48,7 @@ def vm_host(tmp_path_factory):
         errors = session.run()
     left = []
     if lan is not None:
-        left += [lan.ns] if lan.ns in leftover_netns() else []
+        left += [lan.ns] if lan.ns in netns.listnetns() else []
         left += [str(p) for p in WORK_DIR.glob(f"{lan.ns}-*")] if WORK_DIR.exists() else []
     if errors or left:
         pytest.fail(f"the vm session's cleanup failed ({errors}) or left {left}", pytrace=False)

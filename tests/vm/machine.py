@@ -24,7 +24,7 @@ from pathlib import Path
 
 from tests.lab.cleanup import Cleanup
 from tests.lab.links import create_netns
-from tests.lab.names import Subnet, guest_mac, pick_subnet
+from tests.lab.names import Subnet, guest_mac, pick_subnet, unique_name
 from tests.lab.wait import wait_for
 
 from .image import HostImage, ensure_image
@@ -35,6 +35,7 @@ QEMU = "qemu-system-x86_64"
 #: PCIe root ports: one per NIC slot, so that each NIC can be unplugged and plugged.
 ROOT_PORTS = 4
 DHCP_LEASE = "2m"  # dnsmasq's shortest
+NETNS_PREFIX = "kvlan"
 
 
 class Lan:
@@ -45,7 +46,8 @@ class Lan:
 
     def __init__(self, cleanup: Cleanup, subnet: Subnet | None = None) -> None:
         self.subnet = subnet or pick_subnet()
-        self.ns = create_netns(cleanup)
+        # Not kt...: the system tiers' leak checks and purges leave the vm tier's LAN alone.
+        self.ns = create_netns(cleanup, unique_name(NETNS_PREFIX))
         self.host = self.subnet.ip(1)
         self._ip("link", "add", self.BRIDGE, "type", "bridge")
         self._ip("addr", "add", self.subnet.addr(1), "dev", self.BRIDGE)
