@@ -39,7 +39,7 @@ def vm_host(tmp_path_factory):
         take_lab_lock(session)
         wheel = build_wheel(tmp_path_factory.mktemp("wheel"))
         lan = Lan(session)
-        vm = HostVM(session, lan, [VmNic("uplink")])
+        vm = HostVM(session, lan, [VmNic("uplink"), VmNic("static")])
         MEASURED["boot to multi-user"] = vm.boot()
         host = KvmhooksHost(vm, lan)
         host.install(wheel)

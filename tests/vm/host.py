@@ -119,6 +119,12 @@ class KvmhooksHost:
         self.sh(f"virsh -q destroy {name}; virsh -q undefine {name}; "
                 f"rm -f /root/{name}.xml {serial_log_path(name)}", timeout=120)
 
+    def settle(self, timeout: float = 120) -> None:
+        """Wait until udev has run its queue and no kvmhooks-nic@ unit is at work."""
+        self.check("udevadm settle && "
+                   "while systemctl list-units --no-legend 'kvmhooks-nic@*' | grep -q .; do "
+                   "sleep 0.5; done", timeout=timeout)
+
     def address(self, ifname: str) -> str | None:
         """The IPv4 address (addr/len) on ``ifname`` in the VM, or None."""
         out = self.sh(f"ip -4 -o addr show dev {shlex.quote(ifname)}").stdout

@@ -59,6 +59,9 @@ systemctl enable libvirt-guests.service
 sed -i 's/^#\?ON_SHUTDOWN=.*/ON_SHUTDOWN=suspend/; s/^#\?ON_BOOT=.*/ON_BOOT=start/' \
     /etc/default/libvirt-guests
 systemctl enable NetworkManager.service
+# The second NIC (root port 2) is a host's statically run NIC: NetworkManager leaves it.
+printf '[keyfile]\nunmanaged-devices=interface-name:enp2s0\n' \
+    >/etc/NetworkManager/conf.d/90-kvmhooks-vm.conf
 # The default NAT network would take the LAN's DHCP job and a 192.168.122.0/24 route.
 rm -f /etc/libvirt/qemu/networks/autostart/default.xml
 # Boot fast and quiet: no waiting for a network nobody needs for booting.
@@ -73,6 +76,8 @@ rm -rf /var/lib/apt/lists/*
 
 #: Bump when the layout changes in a way the key cannot see.
 IMAGE_FORMAT = 1
+#: The NIC NetworkManager owns (root port 1) and the one it leaves alone (root port 2).
+MANAGED_NIC, STATIC_NIC = "enp1s0", "enp2s0"
 
 
 @dataclass(frozen=True)
@@ -145,6 +150,9 @@ def _build(target: Path) -> None:
         if target.exists():  # a half-finished old attempt
             shutil.rmtree(target)
         os.rename(out, target)
+        for stale in CACHE_DIR.iterdir():  # images of other inputs: a disk each
+            if stale.is_dir() and stale != target and not stale.name.startswith("."):
+                shutil.rmtree(stale, ignore_errors=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -14,10 +14,11 @@ from tests.lab.names import guest_mac
 from tests.lab.wait import wait_for
 
 from .conftest import MEASURED
+from .image import MANAGED_NIC, STATIC_NIC
 
 pytestmark = pytest.mark.vm
 
-NIC = "enp1s0"  # the uplink NIC on root port 1, as udev names it
+NIC = MANAGED_NIC  # QMP device "uplink": NetworkManager runs DHCP on it
 
 
 def macvtap_uplink(host) -> str:
@@ -142,15 +143,17 @@ def renamed_nic(host, cleanup, name: str) -> str:
     return name
 
 
-def replug(host, name: str) -> None:
-    host.vm.unplug("uplink")
-    host.vm.plug("uplink")
+def replug(host, name: str, device: str = "uplink") -> None:
+    """A PCI hot-unplug and plug of QMP ``device``; it comes back as ``name``."""
+    host.vm.unplug(device)
+    host.vm.plug(device)
     try:
         wait_for(lambda: host.sh(f"test -e /sys/class/net/{name}").returncode == 0, 30,
                  what=f"the NIC back as {name}")
     except TimeoutError as error:
         seen = host.sh("ip -br link; journalctl -b -k --no-pager | tail -n 15").stdout
         raise TimeoutError(f"{error}; in the VM:\n{seen}") from None
+    host.settle()  # the handlers of the NIC's events are done
 
 
 def guest_on_macvtap(host, cleanup, last_octet: int):
@@ -194,3 +197,100 @@ def test_a_nic_that_comes_back_under_another_name_is_found_by_its_mac(vm_host, c
     guest.wait_pinging(host.lan.host, timeout=120, after=mark)
     assert macvtap_lower(host, iface.hook_owned_dev) == name
     assert macvtap_lower(host, "kh-lan") == name
+
+
+# --- the NIC NetworkManager leaves alone: a bridge, a libvirt network, a VLAN -----------
+
+def test_a_bridged_uplinks_guests_come_back_after_a_nic_hotplug(vm_host, cleanup):
+    host = vm_host
+    cleanup.add(host.sh, "ip link del br-kt", _what="remove br-kt")
+    host.configure(f'[uplink.lan]\nnic = "{STATIC_NIC}"\nbridge = "br-kt"\n')
+    iface = Iface(guest_mac(), "bridge", "lan")
+    guest = host.start_guest(cleanup, [iface], {iface.mac: host.lan.subnet.addr(18)},
+                             [host.lan.host])
+    guest.wait_pinging(host.lan.host)
+    mark = len(guest.serial())
+    plugged = time.monotonic()
+    replug(host, STATIC_NIC, "static")
+    guest.wait_pinging(host.lan.host, timeout=120, after=mark)
+    MEASURED["NIC hotplug to bridged guest pinging again"] = time.monotonic() - plugged
+    assert "master br-kt" in host.check(f"ip -o link show {STATIC_NIC}")
+
+
+def test_a_libvirt_network_named_in_the_config_gets_its_bridge(vm_host, cleanup):
+    host = vm_host
+    host.configure(f'[uplink.lan]\nnic = "{STATIC_NIC}"\nbridge = "br-kt"\n\n'
+                   '[network.kt-net]\nuplink = "lan"\n')
+    xml = ("<network><name>kt-net</name><forward mode='bridge'/>"
+           "<bridge name='br-kt'/></network>")
+    host.vm.agent.write_file("/root/kt-net.xml", xml.encode())
+    cleanup.add(host.sh, "virsh -q net-destroy kt-net; virsh -q net-undefine kt-net; "
+                "ip link del br-kt", _what="remove network kt-net")
+    host.check("virsh -q net-define /root/kt-net.xml && virsh -q net-start kt-net")
+    assert "master br-kt" in host.check(f"ip -o link show {STATIC_NIC}")
+    guest = host.start_guest(cleanup, [Iface(guest_mac(), "network", network="kt-net",
+                                             native=True)], {}, [])
+    assert host.check(f"virsh domstate {guest.name}").strip() == "running"
+    host.remove_guest(guest.name)
+    host.check("virsh -q net-destroy kt-net")
+    assert host.sh("ip link show br-kt").returncode != 0, "kvmhooks made the bridge, so it goes"
+
+
+def test_a_vlan_uplinks_guests_come_back_after_its_parent_flaps(vm_host, cleanup):
+    host = vm_host
+    vlan = f"{STATIC_NIC}.10"
+    make_vlan = (f"ip link set {STATIC_NIC} up && ip link add link {STATIC_NIC} name {vlan} "
+                 f"type vlan id 10 && ip link set {vlan} up")
+    cleanup.add(host.sh, f"ip link del {vlan}", _what=f"remove {vlan}")
+    host.check(make_vlan)
+    host.configure(f'[uplink.vlan10]\nnic = "{vlan}"\n')
+    a, b = (Iface(guest_mac(), "direct", "vlan10", "bridge") for _ in range(2))
+    ip_a, ip_b = host.lan.subnet.addr(21), host.lan.subnet.addr(22)
+    guest_a = host.start_guest(cleanup, [a], {a.mac: ip_a}, [ip_b.split("/")[0]])
+    guest_b = host.start_guest(cleanup, [b], {b.mac: ip_b}, [ip_a.split("/")[0]])
+    guest_a.wait_pinging(ip_b.split("/")[0])
+    mark = len(guest_a.serial())
+    replug(host, STATIC_NIC, "static")  # the VLAN device goes with its parent
+    host.check(make_vlan)  # as the host's network configuration brings it back
+    guest_a.wait_pinging(ip_b.split("/")[0], timeout=120, after=mark)
+    guest_b.wait_pinging(ip_a.split("/")[0], timeout=60)
+    assert macvtap_lower(host, a.hook_owned_dev) == vlan
+
+
+# --- NetworkManager owning the bridge -------------------------------------------------
+
+def test_a_networkmanager_bridge_keeps_its_lease_and_kvmhooks_guests(vm_host, cleanup):
+    """The README's way on a NetworkManager host: NetworkManager owns the bridge and its
+    DHCP client, kvmhooks puts guests on it. Through a lease renewal and a restart of
+    NetworkManager the host keeps its address and route, and the guest its port."""
+    host = vm_host
+    cleanup.add(host.sh, "nmcli connection delete kt-br-port kt-br; "
+                f"nmcli -w 30 connection up 'Wired connection 1' ifname {NIC}",
+                _what="give the NIC its own connection back")
+    host.check("nmcli connection add type bridge ifname br-nm con-name kt-br bridge.stp no "
+               "ipv6.method disabled && "
+               f"nmcli connection add type bridge-slave ifname {NIC} master br-nm "
+               "con-name kt-br-port && "
+               "nmcli -w 60 connection up kt-br && nmcli -w 60 connection up kt-br-port")
+    wait_for(lambda: host.address("br-nm"), 60, what="the bridge's DHCP lease")
+    lease = host.address("br-nm")
+    host.configure(f'[uplink.lan]\nnic = "{NIC}"\nbridge = "br-nm"\n')
+    iface = Iface(guest_mac(), "bridge", "lan")
+    guest = host.start_guest(cleanup, [iface], {iface.mac: host.lan.subnet.addr(19)},
+                             [host.lan.host])
+    guest.wait_pinging(host.lan.host)
+    tap = iface.hook_owned_dev
+
+    def host_as_it_was() -> None:
+        assert host.address("br-nm") == lease
+        assert host.address(NIC) is None, "no lease on the bridge's port"
+        assert "dev br-nm" in host.check("ip route show default")
+        assert "master br-nm" in host.check(f"ip -o link show {tap}")
+        assert host.sh(f"ping -c 1 -W 2 {host.lan.host}").returncode == 0
+
+    time.sleep(130)  # past the whole 2-minute lease: renewed at least once
+    host_as_it_was()
+    host.check("systemctl restart NetworkManager && nm-online -s -q -t 60 || true")
+    mark = len(guest.serial())
+    host_as_it_was()
+    guest.wait_pinging(host.lan.host, timeout=30, after=mark)
