@@ -6,8 +6,8 @@ DHCP. Nothing of it is seen by this machine's own links, udev or routes.
 
     lan = Lan(cleanup)
     vm = HostVM(cleanup, lan, [VmNic("uplink")])
-    vm.boot()
-    vm.agent.sh("systemctl is-system-running --wait").check()
+    vm.boot()  # returns once systemd has finished booting
+    vm.agent.sh("ip -br link").check()
     vm.unplug("uplink"); vm.plug("uplink")
 """
 
@@ -157,9 +157,22 @@ class HostVM:
         self.qmp = Qmp(str(qmp_path))
         for nic in self.nics.values():
             self.lan.attach(self._tap(nic))
-        self.agent.wait_up(timeout)
-        self.agent.sh("systemctl is-system-running --wait", timeout=timeout)
+        self.wait_system_up(timeout)
         return time.monotonic() - started
+
+    def wait_system_up(self, timeout: float) -> None:
+        """Until systemd says the boot is done (running, or degraded). Asked afresh each
+        time: the guest agent itself may restart while the system boots."""
+        self.agent.wait_up(timeout)
+
+        def booted() -> bool:
+            try:
+                state = self.agent.sh("systemctl is-system-running", timeout=20).stdout
+            except (OSError, ConnectionError, ValueError, RuntimeError, TimeoutError):
+                return False
+            return state.strip() in ("running", "degraded")
+
+        wait_for(booted, timeout, interval=1, what="systemd to finish booting the VM")
 
     def _kill(self) -> None:
         if self.qmp is not None:
@@ -196,8 +209,7 @@ class HostVM:
         except TimeoutError as error:
             tail = self.console_tail()
             raise TimeoutError(f"{error}; the console's last lines:\n{tail}") from None
-        self.agent.wait_up(timeout)
-        self.agent.sh("systemctl is-system-running --wait", timeout=timeout)
+        self.wait_system_up(timeout)
         return time.monotonic() - started
 
 

@@ -98,8 +98,27 @@ class GuestAgent:
         self._sync_id = int(time.time())
 
     def _connect(self, timeout: float) -> socket.socket:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
+        """A connection on which the agent answered a fresh sync; retried until ``timeout``.
+
+        QEMU serves one client at a time on the socket, and an agent that restarts (as at
+        boot) drops what it was told: a sync that gets no answer is abandoned, its socket
+        closed, and tried again. Nothing but the sync was sent on it, so this is safe for
+        every command."""
+        deadline = time.monotonic() + timeout
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(min(10.0, max(1.0, deadline - time.monotonic())))
+            try:
+                self._sync(sock)
+                sock.settimeout(timeout)
+                return sock
+            except (OSError, ConnectionError, ValueError):
+                sock.close()
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.5)
+
+    def _sync(self, sock: socket.socket) -> None:
         sock.connect(self.path)
         self._sync_id += 1
         sock.sendall(b"\xff" + json.dumps({"execute": "guest-sync-delimited",
@@ -115,7 +134,7 @@ class GuestAgent:
             if buffer.endswith(b"\n"):
                 reply = json.loads(buffer)
                 if reply.get("return") == self._sync_id:
-                    return sock
+                    return
                 buffer = b""
 
     def call(self, command: str, timeout: float = 30.0, **arguments) -> object:

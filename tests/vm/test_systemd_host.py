@@ -21,6 +21,13 @@ pytestmark = pytest.mark.vm
 NIC = MANAGED_NIC  # QMP device "uplink": NetworkManager runs DHCP on it
 
 
+def configure(host, cleanup, text: str) -> None:
+    """The host config ``text``; the shim of uplink lan, which outlives guests, goes at
+    cleanup (a NIC with a macvlan on it cannot join a bridge)."""
+    cleanup.add(host.sh, "ip link del kh-lan", _what="remove the shim kh-lan")
+    host.configure(text)
+
+
 def macvtap_uplink(host) -> str:
     """Uplink lan: the VM's NIC, with a shim at .5 so the host reaches its macvtap guests."""
     return f'[uplink.lan]\nnic = "{NIC}"\nhost_address = "{host.lan.subnet.addr(5)}"\n'
@@ -36,7 +43,7 @@ def test_a_tagged_guest_starts_through_socket_activated_libvirt_and_agent(vm_hos
     assert not active(host, "libvirtd.service")
     assert not active(host, "kvmhooks-agent.service")
     assert active(host, "libvirtd.socket") and active(host, "kvmhooks-agent.socket")
-    host.configure(macvtap_uplink(host))
+    configure(host, cleanup, macvtap_uplink(host))
     iface = Iface(guest_mac(), "direct", "lan", "bridge")
     started = time.monotonic()
     guest = host.start_guest(cleanup, [iface], {iface.mac: host.lan.subnet.addr(11)},
@@ -53,7 +60,7 @@ def test_a_tagged_guest_starts_through_socket_activated_libvirt_and_agent(vm_hos
 
 def test_a_nic_hot_unplugged_and_plugged_again_brings_its_guests_back(vm_host, cleanup):
     host = vm_host
-    host.configure(macvtap_uplink(host))
+    configure(host, cleanup, macvtap_uplink(host))
     iface = Iface(guest_mac(), "direct", "lan", "bridge")
     guest = host.start_guest(cleanup, [iface], {iface.mac: host.lan.subnet.addr(12)},
                              [host.lan.host])
@@ -74,7 +81,7 @@ def test_a_nic_hot_unplugged_and_plugged_again_brings_its_guests_back(vm_host, c
 
 def test_stopping_the_agent_mid_run_never_fails_a_guest_operation(vm_host, cleanup):
     host = vm_host
-    host.configure(macvtap_uplink(host))
+    configure(host, cleanup, macvtap_uplink(host))
     iface = Iface(guest_mac(), "direct", "lan", "bridge")
     guest = host.start_guest(cleanup, [iface], {iface.mac: host.lan.subnet.addr(13)}, [])
     # The agent is stopped over and over while the guest stops and starts: each hook
@@ -91,7 +98,7 @@ def test_stopping_the_agent_mid_run_never_fails_a_guest_operation(vm_host, clean
 def test_restarting_libvirt_keeps_every_guest_running_also_without_the_agent(vm_host,
                                                                                cleanup):
     host = vm_host
-    host.configure(macvtap_uplink(host))
+    configure(host, cleanup, macvtap_uplink(host))
     iface = Iface(guest_mac(), "direct", "lan", "bridge")
     guest = host.start_guest(cleanup, [iface], {iface.mac: host.lan.subnet.addr(14)},
                              [host.lan.host])
@@ -109,7 +116,7 @@ def test_restarting_libvirt_keeps_every_guest_running_also_without_the_agent(vm_
 
 def test_after_a_reboot_an_autostarted_guest_runs_with_its_devices(vm_host, cleanup):
     host = vm_host
-    host.configure(macvtap_uplink(host))
+    configure(host, cleanup, macvtap_uplink(host))
     iface = Iface(guest_mac(), "direct", "lan", "bridge")
     guest = host.start_guest(cleanup, [iface], {iface.mac: host.lan.subnet.addr(15)},
                              [host.lan.host], autostart=True)
@@ -173,8 +180,8 @@ def macvtap_lower(host, dev: str) -> str:
 def test_a_nic_named_with_a_dash_gets_its_events_through_systemd(vm_host, cleanup):
     host = vm_host
     name = renamed_nic(host, cleanup, "lan-nic0")
-    host.configure(f'[uplink.lan]\nnic = "{name}"\n'
-                   f'host_address = "{host.lan.subnet.addr(5)}"\n')
+    configure(host, cleanup, f'[uplink.lan]\nnic = "{name}"\n'
+              f'host_address = "{host.lan.subnet.addr(5)}"\n')
     iface, guest = guest_on_macvtap(host, cleanup, 16)
     mark = len(guest.serial())
     replug(host, name)
@@ -188,8 +195,8 @@ def test_a_nic_named_with_a_dash_gets_its_events_through_systemd(vm_host, cleanu
 def test_a_nic_that_comes_back_under_another_name_is_found_by_its_mac(vm_host, cleanup):
     host = vm_host
     mac = host.vm.nics["uplink"].mac
-    host.configure(f'[uplink.lan]\nmac = "{mac}"\n'
-                   f'host_address = "{host.lan.subnet.addr(5)}"\n')
+    configure(host, cleanup, f'[uplink.lan]\nmac = "{mac}"\n'
+              f'host_address = "{host.lan.subnet.addr(5)}"\n')
     iface, guest = guest_on_macvtap(host, cleanup, 17)
     assert macvtap_lower(host, iface.hook_owned_dev) == NIC
     mark = len(guest.serial())
