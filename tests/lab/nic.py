@@ -34,7 +34,9 @@ IFA_F_TEMPORARY = 0x01
 IFA_F_MANAGETEMPADDR = 0x100
 IFA_F_NOPREFIXROUTE = 0x200
 RTNH_F_ONLINK = 0x4
-RTPROT_RA, RTPROT_DHCP = 9, 16  # who made a route: a router advertisement, DHCP
+# who made a route: the kernel (or NetworkManager, for its own prefix routes), a router
+# advertisement, DHCP
+RTPROT_KERNEL, RTPROT_RA, RTPROT_DHCP = 2, 9, 16
 
 
 @dataclass(frozen=True)

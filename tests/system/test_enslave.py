@@ -17,6 +17,7 @@ from tests.lab.nic import (
     IFA_F_NOPREFIXROUTE,
     IFA_F_TEMPORARY,
     RTPROT_DHCP,
+    RTPROT_KERNEL,
     RTPROT_RA,
     NicAddress,
     NicRoute,
@@ -40,7 +41,18 @@ def errors_in(syslog, mark: int) -> list[str]:
     return [text for severity, text in syslog.since(mark) if severity == "error"]
 
 
-RTPROT_KERNEL = 2
+def enslaved_by_a_guest_start(libvirt_conn, cleanup, kh_config, nic: StandInNic):
+    """Start a guest on a new bridged uplink of ``nic``: (host state before, after, the
+    uplink); the NIC is on the bridge."""
+    up = lab_uplink(cleanup, nic.name, bridge=True)
+    kh_config(up.table)
+    before = host_state({nic.name})
+    define_and_start(libvirt_conn, domain_xml(unique_name("kt-dom-"),
+                                              [Iface(guest_mac(), "bridge", up.name)]),
+                     cleanup)
+    after = host_state({nic.name, up.bridge})
+    assert link_info(nic.name)["master"] == up.bridge
+    return before, after, up
 
 
 def test_a_networkmanager_lease_moves_with_its_routes_in_an_order_the_kernel_takes(
@@ -56,14 +68,7 @@ def test_a_networkmanager_lease_moves_with_its_routes_in_an_order_the_kernel_tak
                               flags=IFA_F_NOPREFIXROUTE),),
         routes=(NicRoute(str(lan.network), proto=RTPROT_KERNEL, metric=100),
                 NicRoute(str(beyond.network), lan.ip(2), proto=RTPROT_DHCP, metric=100)))
-    up = lab_uplink(cleanup, nic.name, bridge=True)
-    kh_config(up.table)
-    before = host_state({nic.name})
-    define_and_start(libvirt_conn, domain_xml(unique_name("kt-dom-"),
-                                              [Iface(guest_mac(), "bridge", up.name)]),
-                     cleanup)
-    after = host_state({up.bridge})
-    assert link_info(nic.name)["master"] == up.bridge
+    before, after, up = enslaved_by_a_guest_start(libvirt_conn, cleanup, kh_config, nic)
     elapsed = after.taken - before.taken + 2
     assert entry_differences("routes", global_only(before.links[nic.name]["routes"]),
                              global_only(after.links[up.bridge]["routes"]), elapsed) == []
@@ -86,15 +91,7 @@ def test_moved_addresses_and_routes_keep_their_properties(libvirt_conn, cleanup,
                          metric=50, metrics=(("mtu", 1400), ("advmss", 1360))),
                 NicRoute(str(other6.network), "fe80::1", proto=RTPROT_RA, metric=1024,
                          expires=1800)))
-    up = lab_uplink(cleanup, nic.name, bridge=True)
-    kh_config(up.table)
-    before = host_state({nic.name})
-    define_and_start(libvirt_conn, domain_xml(unique_name("kt-dom-"),
-                                              [Iface(guest_mac(), "bridge", up.name)]),
-                     cleanup)
-
-    after = host_state({nic.name, up.bridge})
-    assert link_info(nic.name)["master"] == up.bridge
+    before, after, up = enslaved_by_a_guest_start(libvirt_conn, cleanup, kh_config, nic)
     elapsed = after.taken - before.taken + 2
     nic_before, nic_after, bridge = (before.links[nic.name], after.links[nic.name],
                                      after.links[up.bridge])

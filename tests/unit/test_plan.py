@@ -24,7 +24,14 @@ from kvmhooks.actions import (
 )
 from kvmhooks.devices import shim_address, shim_mac
 from kvmhooks.errors import ForeignDevice, HostError, MetadataError, NotAllowed
-from kvmhooks.inventory import Address, Route, with_creating_marks
+from kvmhooks.inventory import (
+    IFA_F_NOPREFIXROUTE,
+    RT_SCOPE_LINK,
+    RTPROT_KERNEL,
+    Address,
+    Route,
+    with_creating_marks,
+)
 from kvmhooks.names import bridge_mark, guest_mark, shim_mark
 from kvmhooks.planner import plan_prepare, plan_release, plan_repair
 from kvmhooks.sources import BridgeSource, DirectSource, NetworkSource
@@ -463,9 +470,9 @@ def test_moved_addresses_and_routes_keep_their_properties():
 def test_routes_through_a_gateway_move_after_the_route_that_reaches_it():
     """NetworkManager's DHCP lease: a noprefixroute address, and the prefix route NM adds
     itself (protocol kernel), which the kernel lists after the default route."""
-    lease = Address(ADDRESS, flags=0x200, valid=3000, preferred=3000)
-    own_prefix = Route("198.18.5.0/24", 2, priority=100, source="198.18.5.10", protocol=2,
-                       scope=253)
+    lease = Address(ADDRESS, flags=IFA_F_NOPREFIXROUTE, valid=3000, preferred=3000)
+    own_prefix = Route("198.18.5.0/24", 2, priority=100, source="198.18.5.10",
+                       protocol=RTPROT_KERNEL, scope=RT_SCOPE_LINK)
     default = Route("default", 2, gateway="198.18.5.1", priority=100, protocol=16)
     host = Host().nic("eth1", addresses=(lease,), routes=(default, own_prefix))
     moves = [action for action in prepare(LAN_BRIDGE, host, *tap_on_bridge()).actions

@@ -15,7 +15,6 @@ import re
 import shlex
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,10 +102,7 @@ class KvmhooksHost:
         xml = domain_xml(name, ifaces, virt_type="kvm", memory_mib=128,
                          kernel=f"{GUEST_DIR}/vmlinuz", initrd=f"{GUEST_DIR}/initrd.gz",
                          cmdline=guest_cmdline(ips, pings))
-        with tempfile.NamedTemporaryFile("w", suffix=".xml") as stream:
-            stream.write(xml)
-            stream.flush()
-            self.vm.agent.write_file(f"/root/{name}.xml", Path(stream.name).read_bytes())
+        self.vm.agent.write_file(f"/root/{name}.xml", xml.encode())
         cleanup.add(self.remove_guest, name, _what=f"remove nested guest {name}")
         self.check(f"virsh -q define /root/{name}.xml"
                    + (f" && virsh -q autostart {name}" if autostart else "")

@@ -18,6 +18,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -121,7 +122,7 @@ def _build(target: Path) -> None:
         subprocess.run(
             ["mmdebstrap", "--variant=minbase", "--include=" + ",".join(PACKAGES),
              "--aptopt=Acquire::Retries \"3\"",
-             f"--customize-hook=chroot \"$1\" sh -c {_quote(CUSTOMIZE)}",
+             f"--customize-hook=chroot \"$1\" sh -c {shlex.quote(CUSTOMIZE)}",
              f"--customize-hook=mkdir -p \"$1{GUEST_DIR}\"",
              f"--customize-hook=cp {guest_kernel} {guest_initrd} \"$1{GUEST_DIR}/\"",
              SUITE, str(root),
@@ -155,10 +156,6 @@ def _build(target: Path) -> None:
                 shutil.rmtree(stale, ignore_errors=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-
-def _quote(text: str) -> str:
-    return "'" + text.replace("'", "'\\''") + "'"
 
 
 if __name__ == "__main__":

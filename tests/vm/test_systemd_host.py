@@ -33,6 +33,17 @@ def macvtap_uplink(host) -> str:
     return f'[uplink.lan]\nnic = "{NIC}"\nhost_address = "{host.lan.subnet.addr(5)}"\n'
 
 
+def guest_on_macvtap(host, cleanup, last_octet: int, *, autostart: bool = False):
+    """A nested guest on uplink lan (hook-owned macvtap, bridge mode) at ``last_octet``,
+    pinging the LAN host."""
+    iface = Iface(guest_mac(), "direct", "lan", "bridge")
+    guest = host.start_guest(cleanup, [iface],
+                             {iface.mac: host.lan.subnet.addr(last_octet)}, [host.lan.host],
+                             autostart=autostart)
+    guest.wait_pinging(host.lan.host)
+    return iface, guest
+
+
 def active(host, unit: str) -> bool:
     return host.sh(f"systemctl is-active --quiet {unit}").returncode == 0
 
@@ -44,11 +55,8 @@ def test_a_tagged_guest_starts_through_socket_activated_libvirt_and_agent(vm_hos
     assert not active(host, "kvmhooks-agent.service")
     assert active(host, "libvirtd.socket") and active(host, "kvmhooks-agent.socket")
     configure(host, cleanup, macvtap_uplink(host))
-    iface = Iface(guest_mac(), "direct", "lan", "bridge")
     started = time.monotonic()
-    guest = host.start_guest(cleanup, [iface], {iface.mac: host.lan.subnet.addr(11)},
-                             [host.lan.host])
-    guest.wait_pinging(host.lan.host)
+    guest_on_macvtap(host, cleanup, 11)
     MEASURED["nested guest start to LAN ping"] = time.monotonic() - started
     assert active(host, "libvirtd.service"), "the daemon started on demand"
     assert active(host, "kvmhooks-agent.service"), "the first hook call started the agent"
@@ -61,10 +69,7 @@ def test_a_tagged_guest_starts_through_socket_activated_libvirt_and_agent(vm_hos
 def test_a_nic_hot_unplugged_and_plugged_again_brings_its_guests_back(vm_host, cleanup):
     host = vm_host
     configure(host, cleanup, macvtap_uplink(host))
-    iface = Iface(guest_mac(), "direct", "lan", "bridge")
-    guest = host.start_guest(cleanup, [iface], {iface.mac: host.lan.subnet.addr(12)},
-                             [host.lan.host])
-    guest.wait_pinging(host.lan.host)
+    iface, guest = guest_on_macvtap(host, cleanup, 12)
     host.vm.unplug("uplink")
     mark = guest.wait_line(ping_line(host.lan.host, ok=False), 30, count=1)
     wait_for(lambda: host.sh(f"test -e /sys/class/net/{NIC}").returncode != 0, 30,
@@ -99,10 +104,7 @@ def test_restarting_libvirt_keeps_every_guest_running_also_without_the_agent(vm_
                                                                                cleanup):
     host = vm_host
     configure(host, cleanup, macvtap_uplink(host))
-    iface = Iface(guest_mac(), "direct", "lan", "bridge")
-    guest = host.start_guest(cleanup, [iface], {iface.mac: host.lan.subnet.addr(14)},
-                             [host.lan.host])
-    guest.wait_pinging(host.lan.host)
+    _, guest = guest_on_macvtap(host, cleanup, 14)
     host.check("systemctl restart libvirtd.service")  # reconnect, through the agent
     cleanup.add(host.check, "systemctl start kvmhooks-agent.socket",
                 _what="listen on the agent's socket again")
@@ -117,10 +119,7 @@ def test_restarting_libvirt_keeps_every_guest_running_also_without_the_agent(vm_
 def test_after_a_reboot_an_autostarted_guest_runs_with_its_devices(vm_host, cleanup):
     host = vm_host
     configure(host, cleanup, macvtap_uplink(host))
-    iface = Iface(guest_mac(), "direct", "lan", "bridge")
-    guest = host.start_guest(cleanup, [iface], {iface.mac: host.lan.subnet.addr(15)},
-                             [host.lan.host], autostart=True)
-    guest.wait_pinging(host.lan.host)
+    iface, guest = guest_on_macvtap(host, cleanup, 15, autostart=True)
     started = time.monotonic()
     MEASURED["reboot to multi-user"] = host.vm.reboot()
     wait_for(lambda: host.sh(f"virsh domstate {guest.name}").stdout.strip() == "running",
@@ -161,14 +160,6 @@ def replug(host, name: str, device: str = "uplink") -> None:
         seen = host.sh("ip -br link; journalctl -b -k --no-pager | tail -n 15").stdout
         raise TimeoutError(f"{error}; in the VM:\n{seen}") from None
     host.settle()  # the handlers of the NIC's events are done
-
-
-def guest_on_macvtap(host, cleanup, last_octet: int):
-    iface = Iface(guest_mac(), "direct", "lan", "bridge")
-    guest = host.start_guest(cleanup, [iface],
-                             {iface.mac: host.lan.subnet.addr(last_octet)}, [host.lan.host])
-    guest.wait_pinging(host.lan.host)
-    return iface, guest
 
 
 def macvtap_lower(host, dev: str) -> str:
