@@ -32,6 +32,12 @@ def test_concurrent_starts_and_stops_while_the_nic_flaps(libvirt_conn, cleanup, 
                   Iface(guest_mac(), "direct", uplink, "bridge")]
         guests.append((define(libvirt_conn, domain_xml(unique_name("kt-dom-"), ifaces),
                               cleanup), ifaces))
+    # The flapping starts once the uplink's bridge exists (the NIC's add event builds it):
+    # a guest start then finds the NIC or, while it is away, the bridge. With neither
+    # (a first start during the first flap), refusing it is right.
+    stand_in_nic.recreate(host_address="")
+    wait_for(lambda: link_info(stand_in_nic.name)["master"] == bridge, 30,
+             what="the NIC on its bridge before the flapping")
     log_mark = len(syslog.records)
     stop_flapping = threading.Event()
 
