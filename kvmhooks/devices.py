@@ -32,7 +32,7 @@ from .actions import (
 )
 from .config import Uplink
 from .domain import Domain, TaggedInterface
-from .errors import ForeignDevice, HostError, MetadataError, NicAbsent
+from .errors import ForeignDevice, HostError, LeaseOnNic, MetadataError, NicAbsent
 from .inventory import (
     IFA_F_NODAD,
     Address,
@@ -204,7 +204,12 @@ class DevicePlanner:
 
     def enslave(self, uplink: Uplink, nic: Link, bridge: str) -> None:
         """Enslave the NIC, moving its addresses and routes to the bridge first so the
-        host keeps its connectivity (what the nmcli bridge-slave dance does by hand)."""
+        host keeps its connectivity (what the nmcli bridge-slave dance does by hand). Not
+        a NIC with a DHCP lease: the lease would work on the bridge only until it ends,
+        then its client, still on the port, puts a new one back on the port."""
+        lease = next((address for address in nic.addresses if address.lease), None)
+        if lease is not None:
+            raise LeaseOnNic(uplink.name, nic.name, bridge, lease.describe())
         children = self.inventory.children(nic)
         own_shim = [c for c in children if c.alias == shim_mark(uplink.name)]
         if own_shim:

@@ -87,6 +87,18 @@ class HostError(KvmhooksError):
     """The kernel or libvirt refused a change."""
 
 
+class LeaseOnNic(KvmhooksError):
+    """A NIC to enslave holds a DHCP lease: its client would stay on the NIC, a bridge
+    port, where it can never renew the lease the bridge got."""
+
+    def __init__(self, uplink: str, nic: str, bridge: str, lease: str):
+        super().__init__(
+            f"uplink '{uplink}': NIC {nic} holds the DHCP lease {lease}; its DHCP client "
+            f"cannot renew it once {nic} is a port of {bridge}, so kvmhooks leaves {nic} "
+            f"alone: run the DHCP client on the bridge and give kvmhooks its name "
+            f"(README: \"A NIC with a DHCP lease\")")
+
+
 class LibvirtUnavailable(HostError):
     """libvirt cannot be reached, closed the connection, or did not answer in time."""
 

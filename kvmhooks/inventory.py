@@ -53,6 +53,12 @@ class Address:
         return self.family == socket.AF_INET6 and bool(self.flags & IFA_F_TEMPORARY)
 
     @property
+    def lease(self) -> bool:
+        """An IPv4 address with an end: a DHCP client's lease (the kernel ends none of its
+        own IPv4 addresses)."""
+        return self.family == socket.AF_INET and self.valid is not None
+
+    @property
     def makes_prefix_route(self) -> bool:
         return not self.flags & IFA_F_NOPREFIXROUTE
 

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import time
 
+import libvirt
 import pytest
 
 from tests.lab.daemons import settle_nic_events
 from tests.lab.domains import Iface, domain_xml
-from tests.lab.links import entry_differences, host_state, link_info, ping
+from tests.lab.links import entry_differences, host_state, link_exists, link_info, ping
 from tests.lab.names import guest_mac, pick_subnet, pick_subnet6, unique_name
 from tests.lab.nic import (
     IFA_F_MANAGETEMPADDR,
@@ -24,7 +25,7 @@ from tests.lab.nic import (
     StandInNic,
 )
 from tests.lab.uplinks import lab_uplink
-from tests.lab.virt import define_and_start
+from tests.lab.virt import define, define_and_start
 from tests.lab.wait import wait_for
 
 pytestmark = pytest.mark.system
@@ -55,17 +56,16 @@ def enslaved_by_a_guest_start(libvirt_conn, cleanup, kh_config, nic: StandInNic)
     return before, after, up
 
 
-def test_a_networkmanager_lease_moves_with_its_routes_in_an_order_the_kernel_takes(
+def test_a_networkmanager_address_moves_with_its_routes_in_an_order_the_kernel_takes(
         libvirt_conn, cleanup, kh_config):
-    """NetworkManager's DHCP lease: a noprefixroute address, the prefix route NM adds
-    itself (protocol kernel) and a route through the lease's gateway that the kernel
-    lists first (its destination sorts lower, as a default route's does)."""
+    """NetworkManager's static address: a noprefixroute address, the prefix route NM adds
+    itself (protocol kernel) and a route through a gateway that the kernel lists first
+    (its destination sorts lower, as a default route's does)."""
     first, second = sorted((pick_subnet(), pick_subnet()), key=lambda s: s.network)
     lan, beyond = second, first  # the gateway route's destination sorts before the LAN's
     nic = StandInNic(
         cleanup, None, None, lan.addr(2),
-        addresses=(NicAddress(lan.addr(1), valid=3000, preferred=3000,
-                              flags=IFA_F_NOPREFIXROUTE),),
+        addresses=(NicAddress(lan.addr(1), flags=IFA_F_NOPREFIXROUTE),),
         routes=(NicRoute(str(lan.network), proto=RTPROT_KERNEL, metric=100),
                 NicRoute(str(beyond.network), lan.ip(2), proto=RTPROT_DHCP, metric=100)))
     before, after, up = enslaved_by_a_guest_start(libvirt_conn, cleanup, kh_config, nic)
@@ -75,15 +75,47 @@ def test_a_networkmanager_lease_moves_with_its_routes_in_an_order_the_kernel_tak
     assert ping(lan.ip(2))
 
 
+def test_a_nic_holding_a_dhcp_lease_is_left_alone(libvirt_conn, cleanup, kh_config,
+                                                 subnet):
+    """Its DHCP client would stay on the port and never renew the lease on the bridge:
+    the start is refused with one line, and the host is as it was, bridge and all."""
+    beyond = pick_subnet()  # a route through the lease's gateway, as DHCP gives
+    nic = StandInNic(cleanup, None, None, subnet.addr(2),
+                     addresses=(NicAddress(subnet.addr(1), valid=3000, preferred=3000,
+                                           flags=IFA_F_NOPREFIXROUTE),),
+                     routes=(NicRoute(str(subnet.network), proto=RTPROT_KERNEL, metric=100),
+                             NicRoute(str(beyond.network), subnet.ip(2), proto=RTPROT_DHCP,
+                                      metric=100)))
+    up = lab_uplink(cleanup, nic.name, bridge=True)
+    kh_config(up.table)
+    settle_nic_events()
+    before = host_state({nic.name})
+    name = unique_name("kt-dom-")
+    dom = define(libvirt_conn, domain_xml(name, [Iface(guest_mac(), "bridge", up.name)]),
+                 cleanup)
+    with pytest.raises(libvirt.libvirtError) as refused:
+        dom.create()
+    assert (f"uplink '{up.name}': NIC {nic.name} holds the DHCP lease {subnet.addr(1)} "
+            f"(valid ") in str(refused.value)
+    after = host_state({nic.name})
+    elapsed = after.taken - before.taken + 2
+    for entries in ("addresses", "routes"):
+        assert entry_differences(entries, before.links[nic.name][entries],
+                                 after.links[nic.name][entries], elapsed) == []
+    assert link_info(nic.name)["master"] is None
+    assert not link_exists(up.bridge), "nothing is half-built"
+    assert ping(subnet.ip(2))
+
+
 def test_moved_addresses_and_routes_keep_their_properties(libvirt_conn, cleanup,
                                                           kh_config, subnet):
-    """A DHCP lease, an IPv6 address with lifetimes and NetworkManager's flags, its
+    """An IPv4 address, an IPv6 address with lifetimes and NetworkManager's flags, its
     prefix route, an onlink route with a path MTU and MSS, and a router's route: on
     the bridge as on the NIC."""
     v6, other, other6 = pick_subnet6(), pick_subnet(), pick_subnet6()
     nic = StandInNic(
         cleanup, None, None, subnet.addr(2), lan_addresses=(v6.addr(2),),
-        addresses=(NicAddress(subnet.addr(1), valid=3000, preferred=2000),
+        addresses=(NicAddress(subnet.addr(1)),
                    NicAddress(v6.addr(1), valid=4000, preferred=3000,
                               flags=IFA_F_MANAGETEMPADDR | IFA_F_NOPREFIXROUTE)),
         routes=(NicRoute(str(v6.network), proto=RTPROT_RA, metric=100),

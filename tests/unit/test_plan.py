@@ -23,7 +23,7 @@ from kvmhooks.actions import (
     SetUp,
 )
 from kvmhooks.devices import shim_address, shim_mac
-from kvmhooks.errors import ForeignDevice, HostError, MetadataError, NotAllowed
+from kvmhooks.errors import ForeignDevice, HostError, LeaseOnNic, MetadataError, NotAllowed
 from kvmhooks.inventory import (
     IFA_F_NOPREFIXROUTE,
     RT_SCOPE_LINK,
@@ -458,8 +458,7 @@ ONLINK = Route("198.19.9.0/24", 2, gateway="198.19.200.1", priority=50, protocol
 
 
 def test_moved_addresses_and_routes_keep_their_properties():
-    address = Address(ADDRESS, valid=3000, preferred=2000, metric=100,
-                      broadcast="198.18.5.255", label=":1")
+    address = Address(ADDRESS, metric=100, broadcast="198.18.5.255", label=":1")
     host = Host().nic("eth1", addresses=(address, V6), routes=(ONLINK,))
     assert prepare(LAN_BRIDGE, host, *tap_on_bridge()).actions[1:6] == (
         AddAddress("br-lan", address), AddAddress("br-lan", V6),
@@ -468,17 +467,30 @@ def test_moved_addresses_and_routes_keep_their_properties():
 
 
 def test_routes_through_a_gateway_move_after_the_route_that_reaches_it():
-    """NetworkManager's DHCP lease: a noprefixroute address, and the prefix route NM adds
-    itself (protocol kernel), which the kernel lists after the default route."""
-    lease = Address(ADDRESS, flags=IFA_F_NOPREFIXROUTE, valid=3000, preferred=3000)
+    """NetworkManager's static address: a noprefixroute address, and the prefix route NM
+    adds itself (protocol kernel), which the kernel lists after the default route."""
+    static = Address(ADDRESS, flags=IFA_F_NOPREFIXROUTE)
     own_prefix = Route("198.18.5.0/24", 2, priority=100, source="198.18.5.10",
                        protocol=RTPROT_KERNEL, scope=RT_SCOPE_LINK)
     default = Route("default", 2, gateway="198.18.5.1", priority=100, protocol=16)
-    host = Host().nic("eth1", addresses=(lease,), routes=(default, own_prefix))
+    host = Host().nic("eth1", addresses=(static,), routes=(default, own_prefix))
     moves = [action for action in prepare(LAN_BRIDGE, host, *tap_on_bridge()).actions
              if isinstance(action, MoveRoute)]
     assert moves == [MoveRoute(own_prefix, "eth1", "br-lan"),
                      MoveRoute(default, "eth1", "br-lan")]
+
+
+def test_a_nic_holding_a_dhcp_lease_is_not_enslaved():
+    """An IPv4 address with an end is a DHCP client's lease: on the bridge nothing would
+    renew it. IPv6 addresses with lifetimes (SLAAC) move."""
+    lease = Address(ADDRESS, flags=IFA_F_NOPREFIXROUTE, valid=3000, preferred=3000)
+    host = Host().nic("eth1", addresses=(V6, lease), routes=(DEFAULT,))
+    with pytest.raises(LeaseOnNic, match=r"^uplink 'lan': NIC eth1 holds the DHCP lease "
+                       r"198\.18\.5\.10/24 \(valid 3000 s, preferred 3000 s\); its DHCP "
+                       r"client cannot renew it once eth1 is a port of br-lan"):
+        prepare(LAN_BRIDGE, host, *tap_on_bridge())
+    assert AddAddress("br-lan", V6) in prepare(
+        LAN_BRIDGE, Host().nic("eth1", addresses=(V6,)), *tap_on_bridge()).actions
 
 
 def test_a_nic_that_returns_holding_the_bridges_address_only_gives_it_up():

@@ -95,9 +95,9 @@ class KvmhooksHost:
         self.check(f"mkdir -p /etc/kvmhooks && printf %s {shlex.quote(text)} >{CONFIG}.new && "
                    f"kvmhooks check-config {CONFIG}.new && mv {CONFIG}.new {CONFIG}")
 
-    def start_guest(self, cleanup: Cleanup, ifaces: list[Iface], ips: dict[str, str],
-                    pings: list[str], *, autostart: bool = False) -> NestedGuest:
-        """Define and start a nested guest (kvm, 128 MiB) running the lab image."""
+    def define_guest(self, cleanup: Cleanup, ifaces: list[Iface], ips: dict[str, str],
+                     pings: list[str], *, autostart: bool = False) -> NestedGuest:
+        """Define a nested guest (kvm, 128 MiB) running the lab image."""
         name = unique_name("kt-g-")
         xml = domain_xml(name, ifaces, virt_type="kvm", memory_mib=128,
                          kernel=f"{GUEST_DIR}/vmlinuz", initrd=f"{GUEST_DIR}/initrd.gz",
@@ -105,9 +105,15 @@ class KvmhooksHost:
         self.vm.agent.write_file(f"/root/{name}.xml", xml.encode())
         cleanup.add(self.remove_guest, name, _what=f"remove nested guest {name}")
         self.check(f"virsh -q define /root/{name}.xml"
-                   + (f" && virsh -q autostart {name}" if autostart else "")
-                   + f" && virsh -q start {name}", timeout=180)
+                   + (f" && virsh -q autostart {name}" if autostart else ""))
         return NestedGuest(self, name, ifaces)
+
+    def start_guest(self, cleanup: Cleanup, ifaces: list[Iface], ips: dict[str, str],
+                    pings: list[str], *, autostart: bool = False) -> NestedGuest:
+        """Define and start a nested guest."""
+        guest = self.define_guest(cleanup, ifaces, ips, pings, autostart=autostart)
+        self.check(f"virsh -q start {guest.name}", timeout=180)
+        return guest
 
     def remove_guest(self, name: str) -> None:
         if self.vm.process is None or self.vm.process.poll() is not None:

@@ -255,7 +255,25 @@ def test_a_vlan_uplinks_guests_come_back_after_its_parent_flaps(vm_host, cleanup
     assert macvtap_lower(host, a.hook_owned_dev) == vlan
 
 
-# --- NetworkManager owning the bridge -------------------------------------------------
+# --- NetworkManager: its DHCP NIC, its bridge -------------------------------------------
+
+def test_a_networkmanager_dhcp_nic_is_never_enslaved(vm_host, cleanup):
+    """Its DHCP client would stay on the port and lose the lease moved to the bridge when
+    the lease ends: the start is refused with one line, and the NIC keeps its lease and
+    the default route."""
+    host = vm_host
+    lease = host.address(NIC)
+    assert lease, f"NetworkManager's lease on {NIC}"
+    cleanup.add(host.sh, "ip link del br-kt", _what="remove br-kt")
+    host.configure(f'[uplink.lan]\nnic = "{NIC}"\nbridge = "br-kt"\n')
+    guest = host.define_guest(cleanup, [Iface(guest_mac(), "bridge", "lan")], {}, [])
+    refused = host.sh(f"virsh -q start {guest.name}")
+    assert refused.returncode != 0
+    assert f"uplink 'lan': NIC {NIC} holds the DHCP lease {lease} (valid " in refused.stderr
+    assert host.address(NIC) == lease
+    assert f"dev {NIC}" in host.check("ip route show default")
+    assert host.sh("ip link show br-kt").returncode != 0, "nothing is half-built"
+
 
 def test_a_networkmanager_bridge_keeps_its_lease_and_kvmhooks_guests(vm_host, cleanup):
     """The README's way on a NetworkManager host: NetworkManager owns the bridge and its
