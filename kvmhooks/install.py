@@ -12,7 +12,7 @@ import os
 import sys
 from dataclasses import dataclass
 
-from .names import IGNORED_NAME_GLOBS, REFUSED_NAME_GLOB
+from .names import IGNORED_NAME_GLOBS, OWN_NAME_GLOBS, REFUSED_NAME_GLOB
 
 HOOK_PATH = "etc/libvirt/hooks/{kind}.d/kvmhooks"
 RULE_PATH = "usr/lib/udev/rules.d/90-kvmhooks.rules"
@@ -83,6 +83,9 @@ MACAddressPolicy=none
 # agent even where systemd runs.
 RULE_TEMPLATE = """\
 # kvmhooks: a NIC that appears, is renamed or goes away -> `kvmhooks nic-event`.
+# NetworkManager leaves kvmhooks' guest devices and shims unmanaged (on every event: udev
+# keeps no property from one event to the next).
+SUBSYSTEM=="net", KERNEL=="{own_names}", ENV{{NM_UNMANAGED}}="1"
 ACTION!="add|move|remove", GOTO="kvmhooks_end"
 SUBSYSTEM!="net", GOTO="kvmhooks_end"
 # kvmhooks' and libvirt's own devices, loopback, and names kvmhooks refuses
@@ -151,6 +154,7 @@ class InstalledFile:
 def rule_text(layout: Layout) -> str:
     return RULE_TEMPLATE.format(interpreter=layout.interpreter, client=layout.client,
                                 start_service=START_SERVICE,
+                                own_names="|".join(OWN_NAME_GLOBS),
                                 ignored_names="|".join((*IGNORED_NAME_GLOBS,
                                                         REFUSED_NAME_GLOB)),
                                 not_unit_name=NOT_A_UNIT_NAME_GLOB)

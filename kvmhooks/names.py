@@ -12,14 +12,16 @@ from .hookclient import IFNAME
 IFNAMSIZ_MAX = 15  # the kernel's IFNAMSIZ (16) less the terminating NUL
 MARK_PREFIX = "kvmhooks:"
 
-# The names kvmhooks and libvirt give their own devices, as shell globs: hook-owned guest
-# devices (`kh` and a MAC's 12 hex digits, see hook_owned_name), shims (`kh-UPLINK`),
-# libvirt's taps, macvtaps and NAT bridges (vnetN, macvtapN, virbrN and virbrN-nic), and
-# loopback. They are never an uplink's NIC: NIC events on them are ignored, by the udev
-# rule and by `kvmhooks watch` alike, so our own work makes none. Nothing else is, whatever
-# its name or type: an uplink may name any NIC, a VLAN (`ens32.100`), a bond or a bridge.
-IGNORED_NAME_GLOBS = ("kh" + "[0-9a-f]" * 12, "kh-*", "vnet[0-9]*", "macvtap[0-9]*",
-                      "virbr[0-9]*", "lo")
+# The names kvmhooks gives its own devices, as shell globs: hook-owned guest devices (`kh`
+# and a MAC's 12 hex digits, see hook_owned_name) and shims (`kh-UPLINK`). The udev rule
+# tells NetworkManager to leave them unmanaged.
+OWN_NAME_GLOBS = ("kh" + "[0-9a-f]" * 12, "kh-*")
+# Those, and the names libvirt gives its own devices: taps, macvtaps and NAT bridges (vnetN,
+# macvtapN, virbrN and virbrN-nic), and loopback. They are never an uplink's NIC: NIC
+# events on them are ignored, by the udev rule and by `kvmhooks watch` alike, so our own
+# work makes none. Nothing else is, whatever its name or type: an uplink may name any NIC,
+# a VLAN (`ens32.100`), a bond or a bridge.
+IGNORED_NAME_GLOBS = (*OWN_NAME_GLOBS, "vnet[0-9]*", "macvtap[0-9]*", "virbr[0-9]*", "lo")
 # A name with a character kvmhooks refuses (see IFNAME), as a shell glob.
 REFUSED_NAME_GLOB = "*[!A-Za-z0-9_.+-]*"
 

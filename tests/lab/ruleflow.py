@@ -52,12 +52,12 @@ def _holds(value: str, patterns: str) -> bool:
     return any(fnmatch.fnmatchcase(value, pattern) for pattern in patterns.split("|"))
 
 
-def rule_runs(rule_text: str, action: str, ifname: str, seqnum: int, *,
-              systemd: bool, devtype: str | None = None) -> list[list[str]]:
-    """The commands (argv) the rule runs for a `net` event on ifname."""
+def _applied(rule_text: str, action: str, ifname: str, seqnum: int, *, systemd: bool,
+             devtype: str | None = None) -> list[list[tuple[str, str, str]]]:
+    """The terms of each line the rule applies for a `net` event on ifname."""
     properties = {"ACTION": action, "SUBSYSTEM": "net", "KERNEL": ifname,
                   "ENV{DEVTYPE}": devtype or "", "ENV{SEQNUM}": str(seqnum)}
-    runs, skip_to = [], None
+    applied, skip_to = [], None
     for line in _logical_lines(rule_text):
         terms = _TERM.findall(line)
         if skip_to is not None:
@@ -73,14 +73,26 @@ def rule_runs(rule_text: str, action: str, ifname: str, seqnum: int, *,
                 holds = holds and (_holds(properties[key], value) == (operator == "=="))
         if not holds:
             continue
-        for key, _operator, value in terms:
-            if key == "RUN":
-                command = value.replace("$env{ACTION}", action) \
-                    .replace("$env{SEQNUM}", str(seqnum)).replace("%k", ifname)
-                runs.append(command.split())
-            elif key == "GOTO":
-                skip_to = value
-    return runs
+        applied.append(terms)
+        skip_to = next((value for key, _operator, value in terms if key == "GOTO"), None)
+    return applied
+
+
+def rule_runs(rule_text: str, action: str, ifname: str, seqnum: int, *,
+              systemd: bool, devtype: str | None = None) -> list[list[str]]:
+    """The commands (argv) the rule runs for a `net` event on ifname."""
+    return [value.replace("$env{ACTION}", action).replace("$env{SEQNUM}", str(seqnum))
+            .replace("%k", ifname).split()
+            for terms in _applied(rule_text, action, ifname, seqnum, systemd=systemd,
+                                  devtype=devtype)
+            for key, _operator, value in terms if key == "RUN"]
+
+
+def rule_env(rule_text: str, action: str, ifname: str) -> dict[str, str]:
+    """The udev properties (ENV{...}) the rule sets for a `net` event on ifname."""
+    return {key[4:-1]: value
+            for terms in _applied(rule_text, action, ifname, 1, systemd=True)
+            for key, operator, value in terms if key.startswith("ENV{") and operator == "="}
 
 
 def unit_command(unit_text: str, unit_name: str) -> list[str]:

@@ -10,8 +10,10 @@ import sys
 import time
 
 import pytest
+import pyudev
 
 from kvmhooks import state
+from kvmhooks.names import shim_name
 from tests.lab import guest
 from tests.lab.daemons import (
     freeze_qemu,
@@ -370,3 +372,25 @@ def test_a_hung_replug_is_given_up_and_holds_up_no_other_nic(libvirt_conn, clean
                 f"within {CALL_TIMEOUT:.0f} s")
     wait_for(lambda: logged(syslog, log_mark, "error", given_up), CALL_TIMEOUT + 15,
              what="the hung re-plug given up")
+
+
+def test_networkmanager_is_told_to_leave_kvmhooks_devices_alone(libvirt_conn, cleanup,
+                                                                kh_config, stand_in_nic,
+                                                                subnet):
+    """The rule, run by the real udevd, sets NM_UNMANAGED on kvmhooks' guest devices and
+    shim, and on nothing else: not on the NIC, nor on the bridge it joins."""
+    up = lab_uplink(cleanup, stand_in_nic.name, bridge=True, host_address=subnet.addr(5))
+    kh_config(up.table)
+    tap, macvtap = (Iface(guest_mac(), "bridge", up.name),
+                    Iface(guest_mac(), "direct", up.name, "bridge"))
+    define_and_start(libvirt_conn, domain_xml(unique_name("kt-dom-"), [tap, macvtap]),
+                     cleanup)
+    settle_nic_events()
+    context = pyudev.Context()
+
+    def unmanaged(name: str) -> str | None:
+        return pyudev.Devices.from_name(context, "net", name).properties.get("NM_UNMANAGED")
+
+    own = [tap.hook_owned_dev, macvtap.hook_owned_dev, shim_name(up.name)]
+    assert [unmanaged(name) for name in own] == ["1", "1", "1"]
+    assert [unmanaged(name) for name in (stand_in_nic.name, up.bridge)] == [None, None]

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from kvmhooks import install
-from kvmhooks.names import is_candidate
-from tests.lab.ruleflow import event_command
+from kvmhooks.names import hook_owned_name, is_candidate, shim_name
+from tests.lab.ruleflow import event_command, rule_env
 
 REPO = Path(__file__).resolve().parents[2]
 QEMU_HOOK = "etc/libvirt/hooks/qemu.d/kvmhooks"
@@ -122,6 +122,16 @@ def test_rule_lets_through_exactly_the_candidates(systemd):
     for name in RULE_PROBES:
         handled = event_command(rule, unit, "add", name, 1, systemd=systemd) is not None
         assert handled == is_candidate(name), name
+
+
+@pytest.mark.parametrize("action", ["add", "move", "change", "remove"])
+def test_rule_makes_exactly_kvmhooks_own_devices_unmanaged_by_networkmanager(action):
+    rule, _ = _shipped()
+    own = {hook_owned_name("52:54:00:6b:3c:01"), hook_owned_name("fe:00:00:00:00:0a"),
+           shim_name("lan"), shim_name("uplink-1"), "kh-"}
+    for name in RULE_PROBES + sorted(own):
+        unmanaged = rule_env(rule, action, name).get("NM_UNMANAGED") == "1"
+        assert unmanaged == (name in own), name
 
 
 @pytest.mark.parametrize("devtype", ["vlan", "bridge", "bond", "wlan", "team", None])

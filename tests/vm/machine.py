@@ -14,6 +14,7 @@ DHCP. Nothing of it is seen by this machine's own links, udev or routes.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -54,18 +55,26 @@ class Lan:
         self._ip("link", "set", self.BRIDGE, "up")
         self.leases = Path(tempfile.mkstemp(prefix=f"{self.ns}-", suffix=".leases")[1])
         cleanup.add(self.leases.unlink, missing_ok=True, _what="remove the lease file")
+        self.dhcp_log = Path(tempfile.mkstemp(prefix=f"{self.ns}-", suffix=".log")[1])
+        cleanup.add(self.dhcp_log.unlink, missing_ok=True, _what="remove dnsmasq's log")
         dnsmasq = subprocess.Popen(
             ["ip", "netns", "exec", self.ns, "dnsmasq", "--keep-in-foreground",
              "--no-resolv", "--no-hosts", "--port=0", f"--interface={self.BRIDGE}",
              "--bind-interfaces", f"--dhcp-leasefile={self.leases}",
              f"--dhcp-range={self.subnet.ip(100)},{self.subnet.ip(199)},{DHCP_LEASE}",
              f"--dhcp-option=option:router,{self.host}", "--log-dhcp",
-             "--log-facility=-"],
+             f"--log-facility={self.dhcp_log}"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         cleanup.add(_stop, dnsmasq, _what="stop the LAN's dnsmasq")
 
     def _ip(self, *args: str) -> None:
         subprocess.run(["ip", "-n", self.ns, *args], check=True)
+
+    def acks(self, address: str) -> int:
+        """How many DHCPACKs the server has sent for ``address`` (a/len or a)."""
+        ip = address.split("/")[0]
+        return sum(1 for line in self.dhcp_log.read_text().splitlines()
+                   if re.search(rf"DHCPACK\(\S+\) {re.escape(ip)} ", line))
 
     def attach(self, tap: str) -> None:
         self._ip("link", "set", tap, "master", self.BRIDGE, "up")

@@ -48,6 +48,11 @@ def active(host, unit: str) -> bool:
     return host.sh(f"systemctl is-active --quiet {unit}").returncode == 0
 
 
+def nm_state(host, device: str) -> str:
+    """NetworkManager's state of ``device``: "10 (unmanaged)", "100 (connected)"..."""
+    return host.check(f"nmcli -g GENERAL.STATE device show {device}").strip()
+
+
 def test_a_tagged_guest_starts_through_socket_activated_libvirt_and_agent(vm_host, cleanup):
     host = vm_host
     # As the host booted: nothing of libvirt or kvmhooks runs, only their sockets listen.
@@ -56,7 +61,7 @@ def test_a_tagged_guest_starts_through_socket_activated_libvirt_and_agent(vm_hos
     assert active(host, "libvirtd.socket") and active(host, "kvmhooks-agent.socket")
     configure(host, cleanup, macvtap_uplink(host))
     started = time.monotonic()
-    guest_on_macvtap(host, cleanup, 11)
+    iface, _ = guest_on_macvtap(host, cleanup, 11)
     MEASURED["nested guest start to LAN ping"] = time.monotonic() - started
     assert active(host, "libvirtd.service"), "the daemon started on demand"
     assert active(host, "kvmhooks-agent.service"), "the first hook call started the agent"
@@ -64,6 +69,8 @@ def test_a_tagged_guest_starts_through_socket_activated_libvirt_and_agent(vm_hos
     assert host.lan.ping(host.lan.subnet.ip(11)), "the LAN reaches the guest"
     assert host.sh(f"ping -c 2 -W 2 {host.lan.subnet.ip(11)}").returncode == 0, \
         "the host reaches its macvtap guest through the shim"
+    assert [nm_state(host, device) for device in (iface.hook_owned_dev, "kh-lan")] == \
+        ["10 (unmanaged)"] * 2, "NetworkManager leaves kvmhooks' devices alone"
 
 
 def test_a_nic_hot_unplugged_and_plugged_again_brings_its_guests_back(vm_host, cleanup):
@@ -302,9 +309,12 @@ def test_a_networkmanager_bridge_keeps_its_lease_and_kvmhooks_guests(vm_host, cl
         assert host.address(NIC) is None, "no lease on the bridge's port"
         assert "dev br-nm" in host.check("ip route show default")
         assert "master br-nm" in host.check(f"ip -o link show {tap}")
+        assert nm_state(host, tap) == "10 (unmanaged)"
         assert host.sh(f"ping -c 1 -W 2 {host.lan.host}").returncode == 0
 
-    time.sleep(130)  # past the whole 2-minute lease: renewed at least once
+    acks = host.lan.acks(lease)
+    time.sleep(130)  # past the whole 2-minute lease
+    assert host.lan.acks(lease) - acks >= 2, "renewed twice, at half the lease each"
     host_as_it_was()
     host.check("systemctl restart NetworkManager && nm-online -s -q -t 60 || true")
     mark = len(guest.serial())
