@@ -320,3 +320,40 @@ def test_a_networkmanager_bridge_keeps_its_lease_and_kvmhooks_guests(vm_host, cl
     mark = len(guest.serial())
     host_as_it_was()
     guest.wait_pinging(host.lan.host, timeout=30, after=mark)
+
+
+def test_a_networkmanager_static_nic_is_enslaved_and_stays_on_its_bridge(vm_host, cleanup):
+    """NetworkManager's static profile on the NIC: its noprefixroute address, its own
+    prefix route and the default route through the LAN move to the bridge kvmhooks
+    makes (in an order the kernel takes), and NetworkManager, restarted, puts nothing
+    back on the port."""
+    host = vm_host
+    profile = "'Wired connection 1'"
+    cleanup.add(host.sh, f"ip link set {NIC} nomaster; ip link del br-kt; "
+                f"nmcli connection modify {profile} ipv4.method auto ipv4.addresses '' "
+                f"ipv4.gateway '' && nmcli -w 60 connection up {profile} ifname {NIC}",
+                _what="give the NIC its DHCP profile back")
+    static = host.lan.subnet.addr(50)
+    host.check(f"nmcli connection modify {profile} ipv4.method manual ipv4.addresses "
+               f"{static} ipv4.gateway {host.lan.host} && "
+               f"nmcli -w 30 connection up {profile} ifname {NIC}")
+    wait_for(lambda: host.address(NIC) == static, 30, what="the static address on the NIC")
+    host.configure(f'[uplink.lan]\nnic = "{NIC}"\nbridge = "br-kt"\n')
+    iface = Iface(guest_mac(), "bridge", "lan")
+    guest = host.start_guest(cleanup, [iface], {iface.mac: host.lan.subnet.addr(20)},
+                             [host.lan.host])
+    guest.wait_pinging(host.lan.host)
+
+    def on_the_bridge() -> None:
+        assert host.address("br-kt") == static and host.address(NIC) is None
+        assert "dev br-kt" in host.check("ip route show default")
+        assert "master br-kt" in host.check(f"ip -o link show {NIC}")
+        assert nm_state(host, iface.hook_owned_dev) == "10 (unmanaged)"
+        assert host.sh(f"ping -c 1 -W 2 {host.lan.host}").returncode == 0
+
+    on_the_bridge()
+    host.check("systemctl restart NetworkManager && nm-online -s -q -t 60 || true")
+    time.sleep(10)  # what NetworkManager would re-apply after its restart
+    on_the_bridge()
+    mark = len(guest.serial())
+    guest.wait_pinging(host.lan.host, timeout=30, after=mark)
