@@ -34,6 +34,7 @@ IFA_F_TEMPORARY = 0x01
 IFA_F_MANAGETEMPADDR = 0x100
 IFA_F_NOPREFIXROUTE = 0x200
 RTNH_F_ONLINK = 0x4
+RT_SCOPE_LINK = 253
 # who made a route: the kernel (or NetworkManager, for its own prefix routes), a router
 # advertisement, DHCP
 RTPROT_KERNEL, RTPROT_RA, RTPROT_DHCP = 2, 9, 16
@@ -287,7 +288,7 @@ def _add_route(ipr, index: int, route: NicRoute) -> None:
     if route.gateway:
         spec["gateway"] = route.gateway
     elif spec["family"] == 2:
-        spec["scope"] = 253  # link, as `ip route add` makes a route without a gateway
+        spec["scope"] = RT_SCOPE_LINK  # as `ip route add` makes a route without a gateway
     if route.expires is not None:
         spec["RTA_EXPIRES"] = bytearray(struct.pack("=I", route.expires))  # 0.5 takes no bytes
     if route.onlink:

@@ -56,18 +56,26 @@ def enslaved_by_a_guest_start(libvirt_conn, cleanup, kh_config, nic: StandInNic)
     return before, after, up
 
 
-def test_a_networkmanager_address_moves_with_its_routes_in_an_order_the_kernel_takes(
-        libvirt_conn, cleanup, kh_config):
-    """NetworkManager's static address: a noprefixroute address, the prefix route NM adds
-    itself (protocol kernel) and a route through a gateway that the kernel lists first
-    (its destination sorts lower, as a default route's does)."""
-    first, second = sorted((pick_subnet(), pick_subnet()), key=lambda s: s.network)
-    lan, beyond = second, first  # the gateway route's destination sorts before the LAN's
-    nic = StandInNic(
+def nic_as_networkmanager_sets_it(cleanup, lan, beyond, lifetime: int | None = None):
+    """A stand-in NIC on ``lan`` as NetworkManager sets it up: a noprefixroute address
+    (.1; a lease of ``lifetime`` seconds, or static), the prefix route NetworkManager adds
+    itself (protocol kernel), and a route to ``beyond`` through the LAN host (.2)."""
+    return StandInNic(
         cleanup, None, None, lan.addr(2),
-        addresses=(NicAddress(lan.addr(1), flags=IFA_F_NOPREFIXROUTE),),
+        addresses=(NicAddress(lan.addr(1), valid=lifetime, preferred=lifetime,
+                              flags=IFA_F_NOPREFIXROUTE),),
         routes=(NicRoute(str(lan.network), proto=RTPROT_KERNEL, metric=100),
                 NicRoute(str(beyond.network), lan.ip(2), proto=RTPROT_DHCP, metric=100)))
+
+
+def test_a_networkmanager_address_moves_with_its_routes_in_an_order_the_kernel_takes(
+        libvirt_conn, cleanup, kh_config):
+    """NetworkManager's static address, with its own prefix route and a route through a
+    gateway that the kernel lists first (its destination sorts lower, as a default
+    route's does)."""
+    first, second = sorted((pick_subnet(), pick_subnet()), key=lambda s: s.network)
+    lan, beyond = second, first  # the gateway route's destination sorts before the LAN's
+    nic = nic_as_networkmanager_sets_it(cleanup, lan, beyond)
     before, after, up = enslaved_by_a_guest_start(libvirt_conn, cleanup, kh_config, nic)
     elapsed = after.taken - before.taken + 2
     assert entry_differences("routes", global_only(before.links[nic.name]["routes"]),
@@ -79,13 +87,7 @@ def test_a_nic_holding_a_dhcp_lease_is_left_alone(libvirt_conn, cleanup, kh_conf
                                                  subnet):
     """Its DHCP client would stay on the port and never renew the lease on the bridge:
     the start is refused with one line, and the host is as it was, bridge and all."""
-    beyond = pick_subnet()  # a route through the lease's gateway, as DHCP gives
-    nic = StandInNic(cleanup, None, None, subnet.addr(2),
-                     addresses=(NicAddress(subnet.addr(1), valid=3000, preferred=3000,
-                                           flags=IFA_F_NOPREFIXROUTE),),
-                     routes=(NicRoute(str(subnet.network), proto=RTPROT_KERNEL, metric=100),
-                             NicRoute(str(beyond.network), subnet.ip(2), proto=RTPROT_DHCP,
-                                      metric=100)))
+    nic = nic_as_networkmanager_sets_it(cleanup, subnet, pick_subnet(), lifetime=3000)
     up = lab_uplink(cleanup, nic.name, bridge=True)
     kh_config(up.table)
     settle_nic_events()

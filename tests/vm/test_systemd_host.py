@@ -33,15 +33,38 @@ def macvtap_uplink(host) -> str:
     return f'[uplink.lan]\nnic = "{NIC}"\nhost_address = "{host.lan.subnet.addr(5)}"\n'
 
 
-def guest_on_macvtap(host, cleanup, last_octet: int, *, autostart: bool = False):
-    """A nested guest on uplink lan (hook-owned macvtap, bridge mode) at ``last_octet``,
-    pinging the LAN host."""
-    iface = Iface(guest_mac(), "direct", "lan", "bridge")
+BRIDGE = "br-kt"  # a bridge kvmhooks makes in the VM
+
+
+def configure_bridged(host, cleanup, nic: str, extra: str = "") -> None:
+    """The host config: uplink lan on ``nic`` with bridge br-kt (removed at cleanup), and
+    ``extra`` TOML."""
+    cleanup.add(host.sh, f"ip link del {BRIDGE}", _what=f"remove {BRIDGE}")
+    host.configure(f'[uplink.lan]\nnic = "{nic}"\nbridge = "{BRIDGE}"\n{extra}')
+
+
+def guest_pinging(host, cleanup, iface: Iface, last_octet: int, *,
+                  autostart: bool = False):
+    """A nested guest with ``iface`` at ``last_octet``, pinging the LAN host."""
     guest = host.start_guest(cleanup, [iface],
                              {iface.mac: host.lan.subnet.addr(last_octet)}, [host.lan.host],
                              autostart=autostart)
     guest.wait_pinging(host.lan.host)
-    return iface, guest
+    return guest
+
+
+def guest_on_macvtap(host, cleanup, last_octet: int, *, autostart: bool = False):
+    """A nested guest on uplink lan (hook-owned macvtap, bridge mode) at ``last_octet``,
+    pinging the LAN host."""
+    iface = Iface(guest_mac(), "direct", "lan", "bridge")
+    return iface, guest_pinging(host, cleanup, iface, last_octet, autostart=autostart)
+
+
+def guest_on_bridge(host, cleanup, last_octet: int):
+    """A nested guest on uplink lan's bridge (hook-owned tap) at ``last_octet``, pinging
+    the LAN host."""
+    iface = Iface(guest_mac(), "bridge", "lan")
+    return iface, guest_pinging(host, cleanup, iface, last_octet)
 
 
 def active(host, unit: str) -> bool:
@@ -51,6 +74,17 @@ def active(host, unit: str) -> bool:
 def nm_state(host, device: str) -> str:
     """NetworkManager's state of ``device``: "10 (unmanaged)", "100 (connected)"..."""
     return host.check(f"nmcli -g GENERAL.STATE device show {device}").strip()
+
+
+def through_a_networkmanager_restart(host, guest, holds) -> None:
+    """``holds()`` before and after `systemctl restart NetworkManager` (given time to
+    re-apply what it would), and the guest pings the LAN host again after it."""
+    holds()
+    host.check("systemctl restart NetworkManager && nm-online -s -q -t 60 || true")
+    time.sleep(10)
+    holds()
+    mark = len(guest.serial())
+    guest.wait_pinging(host.lan.host, timeout=30, after=mark)
 
 
 def test_a_tagged_guest_starts_through_socket_activated_libvirt_and_agent(vm_host, cleanup):
@@ -208,37 +242,33 @@ def test_a_nic_that_comes_back_under_another_name_is_found_by_its_mac(vm_host, c
 
 def test_a_bridged_uplinks_guests_come_back_after_a_nic_hotplug(vm_host, cleanup):
     host = vm_host
-    cleanup.add(host.sh, "ip link del br-kt", _what="remove br-kt")
-    host.configure(f'[uplink.lan]\nnic = "{STATIC_NIC}"\nbridge = "br-kt"\n')
-    iface = Iface(guest_mac(), "bridge", "lan")
-    guest = host.start_guest(cleanup, [iface], {iface.mac: host.lan.subnet.addr(18)},
-                             [host.lan.host])
-    guest.wait_pinging(host.lan.host)
+    configure_bridged(host, cleanup, STATIC_NIC)
+    _, guest = guest_on_bridge(host, cleanup, 18)
     mark = len(guest.serial())
     plugged = time.monotonic()
     replug(host, STATIC_NIC, "static")
     guest.wait_pinging(host.lan.host, timeout=120, after=mark)
     MEASURED["NIC hotplug to bridged guest pinging again"] = time.monotonic() - plugged
-    assert "master br-kt" in host.check(f"ip -o link show {STATIC_NIC}")
+    assert f"master {BRIDGE}" in host.check(f"ip -o link show {STATIC_NIC}")
 
 
 def test_a_libvirt_network_named_in_the_config_gets_its_bridge(vm_host, cleanup):
     host = vm_host
-    host.configure(f'[uplink.lan]\nnic = "{STATIC_NIC}"\nbridge = "br-kt"\n\n'
-                   '[network.kt-net]\nuplink = "lan"\n')
+    configure_bridged(host, cleanup, STATIC_NIC, '\n[network.kt-net]\nuplink = "lan"\n')
     xml = ("<network><name>kt-net</name><forward mode='bridge'/>"
-           "<bridge name='br-kt'/></network>")
+           f"<bridge name='{BRIDGE}'/></network>")
     host.vm.agent.write_file("/root/kt-net.xml", xml.encode())
-    cleanup.add(host.sh, "virsh -q net-destroy kt-net; virsh -q net-undefine kt-net; "
-                "ip link del br-kt", _what="remove network kt-net")
+    cleanup.add(host.sh, "virsh -q net-destroy kt-net; virsh -q net-undefine kt-net",
+                _what="remove network kt-net")
     host.check("virsh -q net-define /root/kt-net.xml && virsh -q net-start kt-net")
-    assert "master br-kt" in host.check(f"ip -o link show {STATIC_NIC}")
+    assert f"master {BRIDGE}" in host.check(f"ip -o link show {STATIC_NIC}")
     guest = host.start_guest(cleanup, [Iface(guest_mac(), "network", network="kt-net",
                                              native=True)], {}, [])
     assert host.check(f"virsh domstate {guest.name}").strip() == "running"
     host.remove_guest(guest.name)
     host.check("virsh -q net-destroy kt-net")
-    assert host.sh("ip link show br-kt").returncode != 0, "kvmhooks made the bridge, so it goes"
+    assert host.sh(f"ip link show {BRIDGE}").returncode != 0, \
+        "kvmhooks made the bridge, so it goes"
 
 
 def test_a_vlan_uplinks_guests_come_back_after_its_parent_flaps(vm_host, cleanup):
@@ -250,15 +280,15 @@ def test_a_vlan_uplinks_guests_come_back_after_its_parent_flaps(vm_host, cleanup
     host.check(make_vlan)
     host.configure(f'[uplink.vlan10]\nnic = "{vlan}"\n')
     a, b = (Iface(guest_mac(), "direct", "vlan10", "bridge") for _ in range(2))
-    ip_a, ip_b = host.lan.subnet.addr(21), host.lan.subnet.addr(22)
-    guest_a = host.start_guest(cleanup, [a], {a.mac: ip_a}, [ip_b.split("/")[0]])
-    guest_b = host.start_guest(cleanup, [b], {b.mac: ip_b}, [ip_a.split("/")[0]])
-    guest_a.wait_pinging(ip_b.split("/")[0])
+    subnet = host.lan.subnet
+    guest_a = host.start_guest(cleanup, [a], {a.mac: subnet.addr(21)}, [subnet.ip(22)])
+    guest_b = host.start_guest(cleanup, [b], {b.mac: subnet.addr(22)}, [subnet.ip(21)])
+    guest_a.wait_pinging(subnet.ip(22))
     mark = len(guest_a.serial())
     replug(host, STATIC_NIC, "static")  # the VLAN device goes with its parent
     host.check(make_vlan)  # as the host's network configuration brings it back
-    guest_a.wait_pinging(ip_b.split("/")[0], timeout=120, after=mark)
-    guest_b.wait_pinging(ip_a.split("/")[0], timeout=60)
+    guest_a.wait_pinging(subnet.ip(22), timeout=120, after=mark)
+    guest_b.wait_pinging(subnet.ip(21), timeout=60)
     assert macvtap_lower(host, a.hook_owned_dev) == vlan
 
 
@@ -271,15 +301,14 @@ def test_a_networkmanager_dhcp_nic_is_never_enslaved(vm_host, cleanup):
     host = vm_host
     lease = host.address(NIC)
     assert lease, f"NetworkManager's lease on {NIC}"
-    cleanup.add(host.sh, "ip link del br-kt", _what="remove br-kt")
-    host.configure(f'[uplink.lan]\nnic = "{NIC}"\nbridge = "br-kt"\n')
+    configure_bridged(host, cleanup, NIC)
     guest = host.define_guest(cleanup, [Iface(guest_mac(), "bridge", "lan")], {}, [])
     refused = host.sh(f"virsh -q start {guest.name}")
     assert refused.returncode != 0
     assert f"uplink 'lan': NIC {NIC} holds the DHCP lease {lease} (valid " in refused.stderr
     assert host.address(NIC) == lease
     assert f"dev {NIC}" in host.check("ip route show default")
-    assert host.sh("ip link show br-kt").returncode != 0, "nothing is half-built"
+    assert host.sh(f"ip link show {BRIDGE}").returncode != 0, "nothing is half-built"
 
 
 def test_a_networkmanager_bridge_keeps_its_lease_and_kvmhooks_guests(vm_host, cleanup):
@@ -298,10 +327,7 @@ def test_a_networkmanager_bridge_keeps_its_lease_and_kvmhooks_guests(vm_host, cl
     wait_for(lambda: host.address("br-nm"), 60, what="the bridge's DHCP lease")
     lease = host.address("br-nm")
     host.configure(f'[uplink.lan]\nnic = "{NIC}"\nbridge = "br-nm"\n')
-    iface = Iface(guest_mac(), "bridge", "lan")
-    guest = host.start_guest(cleanup, [iface], {iface.mac: host.lan.subnet.addr(19)},
-                             [host.lan.host])
-    guest.wait_pinging(host.lan.host)
+    iface, guest = guest_on_bridge(host, cleanup, 19)
     tap = iface.hook_owned_dev
 
     def host_as_it_was() -> None:
@@ -315,11 +341,7 @@ def test_a_networkmanager_bridge_keeps_its_lease_and_kvmhooks_guests(vm_host, cl
     acks = host.lan.acks(lease)
     time.sleep(130)  # past the whole 2-minute lease
     assert host.lan.acks(lease) - acks >= 2, "renewed twice, at half the lease each"
-    host_as_it_was()
-    host.check("systemctl restart NetworkManager && nm-online -s -q -t 60 || true")
-    mark = len(guest.serial())
-    host_as_it_was()
-    guest.wait_pinging(host.lan.host, timeout=30, after=mark)
+    through_a_networkmanager_restart(host, guest, host_as_it_was)
 
 
 def test_a_networkmanager_static_nic_is_enslaved_and_stays_on_its_bridge(vm_host, cleanup):
@@ -329,7 +351,7 @@ def test_a_networkmanager_static_nic_is_enslaved_and_stays_on_its_bridge(vm_host
     back on the port."""
     host = vm_host
     profile = "'Wired connection 1'"
-    cleanup.add(host.sh, f"ip link set {NIC} nomaster; ip link del br-kt; "
+    cleanup.add(host.sh, f"ip link set {NIC} nomaster; "
                 f"nmcli connection modify {profile} ipv4.method auto ipv4.addresses '' "
                 f"ipv4.gateway '' && nmcli -w 60 connection up {profile} ifname {NIC}",
                 _what="give the NIC its DHCP profile back")
@@ -338,22 +360,14 @@ def test_a_networkmanager_static_nic_is_enslaved_and_stays_on_its_bridge(vm_host
                f"{static} ipv4.gateway {host.lan.host} && "
                f"nmcli -w 30 connection up {profile} ifname {NIC}")
     wait_for(lambda: host.address(NIC) == static, 30, what="the static address on the NIC")
-    host.configure(f'[uplink.lan]\nnic = "{NIC}"\nbridge = "br-kt"\n')
-    iface = Iface(guest_mac(), "bridge", "lan")
-    guest = host.start_guest(cleanup, [iface], {iface.mac: host.lan.subnet.addr(20)},
-                             [host.lan.host])
-    guest.wait_pinging(host.lan.host)
+    configure_bridged(host, cleanup, NIC)
+    iface, guest = guest_on_bridge(host, cleanup, 20)
 
     def on_the_bridge() -> None:
-        assert host.address("br-kt") == static and host.address(NIC) is None
-        assert "dev br-kt" in host.check("ip route show default")
-        assert "master br-kt" in host.check(f"ip -o link show {NIC}")
+        assert host.address(BRIDGE) == static and host.address(NIC) is None
+        assert f"dev {BRIDGE}" in host.check("ip route show default")
+        assert f"master {BRIDGE}" in host.check(f"ip -o link show {NIC}")
         assert nm_state(host, iface.hook_owned_dev) == "10 (unmanaged)"
         assert host.sh(f"ping -c 1 -W 2 {host.lan.host}").returncode == 0
 
-    on_the_bridge()
-    host.check("systemctl restart NetworkManager && nm-online -s -q -t 60 || true")
-    time.sleep(10)  # what NetworkManager would re-apply after its restart
-    on_the_bridge()
-    mark = len(guest.serial())
-    guest.wait_pinging(host.lan.host, timeout=30, after=mark)
+    through_a_networkmanager_restart(host, guest, on_the_bridge)
