@@ -46,7 +46,11 @@ def _parser() -> argparse.ArgumentParser:
     explain = commands.add_parser("explain", help="the plan for this host, changing nothing")
     source = explain.add_mutually_exclusive_group(required=True)
     source.add_argument("domain", nargs="?", help="a libvirt domain name")
-    source.add_argument("--xml", metavar="FILE", help="a domain XML file instead")
+    source.add_argument("--xml", metavar="FILE",
+                        help="a domain XML file instead ('-': standard input)")
+    explain.add_argument("--incoming", action="store_true",
+                         help="for a guest that would come here by migration or restore "
+                              "(a preflight): native sources are rewritten, not refused")
     explain.add_argument("--json", action="store_true")
     explain.set_defaults(run=_explain)
 
@@ -165,7 +169,9 @@ def _explain(args) -> int:
     for action in plan.actions:
         print(f"  {action.describe()}")
     if plan.sources:
-        print(f"  native sources that differ (a start is refused until "
+        print("  native sources the migrate or restore hook writes for this host:"
+              if args.incoming else
+              f"  native sources that differ (a start is refused until "
               f"'kvmhooks apply {domain.name}'):")
         for change in plan.sources:
             print(f"  {change.describe()}")

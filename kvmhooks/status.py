@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from .config import Config
 from .devices import guest_link, link_problem
@@ -27,9 +27,19 @@ class InterfaceStatus:
         return asdict(self)
 
 
-def domain_status(domain: Domain, running: bool, config: Config,
-                  inventory: Inventory) -> list[InterfaceStatus]:
-    return [_interface(domain, tagged, running, config, inventory) for tagged in domain.tagged]
+def domain_status(domain: Domain, running: bool, config: Config, inventory: Inventory,
+                  definition: Domain | None = None) -> list[InterfaceStatus]:
+    """One row per tagged interface. ``definition``: a running guest's persistent
+    definition, which the next start uses; a native source there that disagrees with this
+    host makes the row stale too (a --persistent migration leaves the source's sources
+    there)."""
+    rows = [_interface(domain, tagged, running, config, inventory) for tagged in domain.tagged]
+    if definition is None:
+        return rows
+    stale = {row.mac: row.reason for row in domain_status(definition, False, config, inventory)
+             if row.state == "stale"}
+    return [replace(row, state="stale", reason=f"definition: {stale[row.mac]}")
+            if row.state == "ok" and row.mac in stale else row for row in rows]
 
 
 def _interface(domain: Domain, tagged: TaggedInterface, running: bool, config: Config,

@@ -4,6 +4,7 @@ host lock."""
 
 from __future__ import annotations
 
+import sys
 import time
 
 from .. import config as config_module
@@ -27,8 +28,9 @@ RECORD_CLOCK_MARGIN_NS = 1_000_000_000
 
 
 def explain(name: str | None = None, xml_file: str | None = None) -> tuple[Domain, Plan]:
-    """The plan a start of this domain (by libvirt name, or from an XML file) would run on
-    this host; changes nothing. An untagged domain's plan is empty."""
+    """The plan a start of this domain (by libvirt name, or from an XML file, '-' for
+    standard input) would run on this host; changes nothing. An untagged domain's plan
+    is empty."""
     with HostSession("explain") as session:
         if xml_file is not None:
             domain = parse_domain(_read_file(xml_file), xml_file)
@@ -42,6 +44,8 @@ def explain(name: str | None = None, xml_file: str | None = None) -> tuple[Domai
 
 
 def _read_file(path: str) -> bytes:
+    if path == "-":
+        return sys.stdin.buffer.read()
     try:
         with open(path, "rb") as stream:
             return stream.read()
@@ -144,12 +148,15 @@ def status() -> tuple[list[InterfaceStatus], list[KvmhooksError]]:
         for dom in virt.domains():
             running = virt.running(dom)
             try:
-                domain = parse_domain(virt.live(dom) if running else virt.definition(dom),
-                                      dom.name())
+                definition = parse_domain(virt.definition(dom), dom.name())
+                live = parse_domain(virt.live(dom), dom.name()) if running else None
             except KvmhooksError as error:
                 errors.append(error)
                 continue
-            rows += domain_status(domain, running, config, inventory)
+            if live is None:
+                rows += domain_status(definition, False, config, inventory)
+            else:
+                rows += domain_status(live, True, config, inventory, definition)
         names = {dom.UUIDString().lower(): dom.name() for dom in virt.domains()}
         rows += orphan_status(inventory, _running_uuids(virt), names)
     return rows, errors

@@ -15,10 +15,11 @@ HOOKS = (QEMU_HOOK, NETWORK_HOOK)
 STATE_DIR = Path("/run/kvmhooks")
 
 
-def kvmhooks(*args: str, check: bool = False) -> subprocess.CompletedProcess:
+def kvmhooks(*args: str, check: bool = False,
+             stdin: str | None = None) -> subprocess.CompletedProcess:
     """Run the kvmhooks command line of this checkout (text output)."""
     return subprocess.run([sys.executable, "-m", "kvmhooks", *args], capture_output=True,
-                          text=True, check=check)
+                          text=True, check=check, input=stdin)
 
 
 def run_hook(domain: str, operation: str, xml: bytes | str,

@@ -7,7 +7,7 @@ import json
 import pytest
 from lxml import etree
 
-from tests.lab.commands import kvmhooks, record
+from tests.lab.commands import kvmhooks, record, run_hook
 from tests.lab.domains import Iface, domain_xml
 from tests.lab.links import (
     create_bridge,
@@ -49,6 +49,38 @@ def test_explain_shows_exactly_what_prepare_does(libvirt_conn, cleanup, kh_confi
             assert link_exists(action["name"]), action
     text = kvmhooks("explain", dom.name())
     assert text.returncode == 0 and "nothing to create" in text.stdout
+
+
+def test_explain_incoming_is_a_preflight_for_a_migration(cleanup, kh_config, stand_in_nic):
+    """`virsh dumpxml --migratable` on the source, `explain --incoming --xml -` here: what
+    this host's migrate hook would write and build, or the line it would refuse with."""
+    up = lab_uplink(cleanup, stand_in_nic.name)
+    kh_config(up.table)
+    native = Iface(guest_mac(), "direct", up.name, "bridge", native=True, source="enp9s0")
+    hook_owned = Iface(guest_mac(), "direct", up.name, "private")
+    name = unique_name("kt-dom-")
+    xml = domain_xml(name, [native, hook_owned])
+    before = marked_links()
+
+    preflight = kvmhooks("explain", "--incoming", "--xml", "-", stdin=xml)
+    assert preflight.returncode == 0, preflight.stderr
+    lines = preflight.stdout.splitlines()
+    written = lines.index("  native sources the migrate or restore hook writes for this host:")
+    assert lines[written + 1] == (f"  write interface {native.mac}: type='direct' "
+                                  f"<source dev='{stand_in_nic.name}' mode='bridge'/>")
+    assert any(line.startswith(f"  create macvtap {hook_owned.hook_owned_dev}")
+               for line in lines[:written]), lines
+    rewritten = etree.fromstring(run_hook(name, "migrate", xml).stdout)
+    (source,) = rewritten.xpath(f"devices/interface[mac/@address='{native.mac}']/source")
+    assert source.get("dev") == stand_in_nic.name, "the hook writes what the preflight says"
+
+    elsewhere = Iface(guest_mac(), "direct", "uplink-of-another-host", "bridge")
+    refused = kvmhooks("explain", "--incoming", "--xml", "-",
+                       stdin=domain_xml(name, [hook_owned, elsewhere]))
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert refused.stderr.count("\n") == 1 and name in refused.stderr \
+        and "'uplink-of-another-host'" in refused.stderr, refused.stderr
+    assert marked_links() == before, "a preflight changes nothing"
 
 
 def test_attach_writes_hook_owned_and_native_forms(libvirt_conn, cleanup, kh_config,
@@ -129,6 +161,36 @@ def test_apply_moves_a_running_guest_to_this_hosts_bridge(libvirt_conn, cleanup,
     assert link_info(live_target(dom, iface.mac))["master"] == new
     inactive = etree.fromstring(dom.XMLDesc(0x2).encode())
     assert inactive.find("devices/interface/source").get("bridge") == new
+
+
+def test_a_running_guests_definition_from_another_host_is_stale_until_apply(
+        libvirt_conn, cleanup, kh_config, stand_in_nic):
+    """What a --persistent migration leaves: the live XML is this host's, the persistent
+    definition the source host's (libvirt's migrate hook sees the live XML only)."""
+    up = lab_uplink(cleanup, stand_in_nic.name)
+    kh_config(up.table)
+    here = Iface(guest_mac(), "direct", up.name, "bridge", native=True,
+                 source=stand_in_nic.name)
+    name = unique_name("kt-dom-")
+    dom = define_and_start(libvirt_conn, domain_xml(name, [here]), cleanup)
+    target = live_target(dom, here.mac)
+    elsewhere = Iface(here.mac, "direct", up.name, "bridge", native=True, source="enp9s0")
+    libvirt_conn.defineXML(domain_xml(name, [elsewhere], uuid=dom.UUIDString()))
+
+    row = next(r for r in json.loads(kvmhooks("status", "--json").stdout)
+               if r["domain"] == name)
+    assert (row["state"], row["device"]) == ("stale", target), row
+    assert row["reason"].startswith("definition: ") and "enp9s0" in row["reason"], row
+
+    applied = kvmhooks("apply", name)
+    assert (applied.returncode, applied.stderr) == (0, "")
+    assert applied.stdout == (f"domain {name}: definition: write interface {here.mac}: "
+                              f"type='direct' <source dev='{stand_in_nic.name}' "
+                              "mode='bridge'/>\n")
+    assert dom.isActive() and live_target(dom, here.mac) == target, "the guest is left alone"
+    row = next(r for r in json.loads(kvmhooks("status", "--json").stdout)
+               if r["domain"] == name)
+    assert (row["state"], row["reason"]) == ("ok", "")
 
 
 def test_status_reports_missing_devices(libvirt_conn, cleanup, kh_config, stand_in_nic):

@@ -84,6 +84,20 @@ def test_stale_native_source():
         "-", "stale", "source bridge is 'br0', this host's uplink bridge is 'br-lan'")
 
 
+def test_a_running_guests_definition_that_names_another_hosts_source_is_stale():
+    """After a --persistent migration the live XML is this host's, the definition the
+    source's: the next start would be refused."""
+    entry = meta(MAC1, "bridge", uplink="lan")
+    live = interface(MAC1, "bridge", {"bridge": "br-lan"}, {"dev": "vnet0"})
+    host = bridged().link("vnet0", "tun", master="br-lan")
+    assert domain_status(domain(entry, live), True, make_config(LAN_BRIDGE), host.inventory(),
+                         domain(entry, native_bridge(MAC1, "br0"))) == row(
+        "vnet0", "stale", "definition: source bridge is 'br0', this host's uplink bridge is "
+        "'br-lan'")
+    assert domain_status(domain(entry, live), True, make_config(LAN_BRIDGE), host.inventory(),
+                         domain(entry, native_bridge(MAC1, "br-lan"))) == row("vnet0", "ok")
+
+
 @pytest.mark.parametrize("config_text, host, parts, reason", [
     (LAN_BRIDGE, bridged().tap(TAP1, TAP1_MAC, None), BRIDGE_TAP,
      f"{TAP1} is not a port of bridge br-lan"),
