@@ -6,6 +6,10 @@ taps and namespace, also on failure. What the tier measured is printed at the en
 from __future__ import annotations
 
 import os
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from pyroute2 import netns
@@ -13,8 +17,13 @@ from pyroute2 import netns
 from tests.lab.cleanup import Cleanup
 from tests.lab.lock import take_lab_lock
 
+from .fleet import PlayRun, run_playbook, write_inventory
 from .host import KvmhooksHost, build_wheel
+from .image import MANAGED_NIC, STATIC_NIC
 from .machine import WORK_DIR, HostVM, Lan, VmNic
+
+#: The bridge in the LAN's namespace that links the hosts for migrations and SSH.
+MIGRATION_LINK = "migration"
 
 #: name -> seconds, printed in the terminal summary (the README's "Tested on a systemd host").
 MEASURED: dict[str, float] = {}
@@ -28,7 +37,12 @@ def pytest_terminal_summary(terminalreporter):
 
 
 @pytest.fixture(scope="session")
-def vm_host(tmp_path_factory):
+def wheel(tmp_path_factory) -> Path:
+    return build_wheel(tmp_path_factory.mktemp("wheel"))
+
+
+@pytest.fixture(scope="session")
+def vm_host(wheel):
     if os.geteuid() != 0:
         pytest.fail("the vm tier runs as root (network namespaces, taps)", pytrace=False)
     session = Cleanup()
@@ -37,7 +51,6 @@ def vm_host(tmp_path_factory):
         # One lab user at a time: the system tiers' leak checks would count the VM's LAN
         # namespace, and a TCG VM beside timed tests makes both slow.
         take_lab_lock(session)
-        wheel = build_wheel(tmp_path_factory.mktemp("wheel"))
         lan = Lan(session)
         vm = HostVM(session, lan, [VmNic("uplink"), VmNic("static")])
         MEASURED["boot to multi-user"] = vm.boot()
@@ -52,3 +65,70 @@ def vm_host(tmp_path_factory):
         left += [str(p) for p in WORK_DIR.glob(f"{lan.ns}-*")] if WORK_DIR.exists() else []
     if errors or left:
         pytest.fail(f"the vm session's cleanup failed ({errors}) or left {left}", pytrace=False)
+
+
+@dataclass(frozen=True)
+class TwoHosts:
+    """Host a (the session's VM: uplink NIC enp1s0, DHCP from the LAN) and host b (uplink
+    NIC enp2s0, no address), both on the LAN and on a migration link of their own, with
+    kvmhooks installed and configured by the project's Ansible role: ``first_run`` is that
+    run, ``inventory`` its inventory; root logs in to either over SSH on the link."""
+
+    a: KvmhooksHost
+    b: KvmhooksHost
+    inventory: Path
+    first_run: PlayRun
+
+    def play(self, playbook: str, *extra: str) -> PlayRun:
+        return run_playbook(self.a.lan.ns, self.inventory, playbook, *extra)
+
+
+@pytest.fixture(scope="module")
+def two_hosts(vm_host, wheel, tmp_path_factory) -> TwoHosts:
+    """A second host VM (1 vCPU, 1.5 GiB) beside the session's, nothing of kvmhooks on it
+    until the role installs it; both accept live migrations over TCP on the link."""
+    module = Cleanup()
+    try:
+        lan, a = vm_host.lan, vm_host
+        link = lan.add_segment(MIGRATION_LINK)
+        a_link = VmNic("a-migration", segment=MIGRATION_LINK)
+        a.vm.add_nic(a_link)
+        module.add(a.vm.unplug, a_link.id, _what="unplug host a's migration NIC")
+        b_link, b_uplink = VmNic("b-migration", segment=MIGRATION_LINK), VmNic("b-uplink")
+        vm = HostVM(module, lan, [b_link, b_uplink], memory_mib=1536, cpus=1)
+        MEASURED["second host: boot to multi-user"] = vm.boot()
+        b = KvmhooksHost(vm, lan)
+        work = tmp_path_factory.mktemp("fleet")
+        key = work / "id_ed25519"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)],
+                       check=True)
+        for host, nic, last_octet, name in ((a, a_link, 11, "a"), (b, b_link, 12, "b")):
+            module.add(host.sh, "rm -f /root/.ssh/authorized_keys",
+                       _what=f"remove host {name}'s SSH key")
+            host.set_static_address(host.ifname(nic.mac), link.addr(last_octet))
+            host.migration_address = link.ip(last_octet)
+            host.accept_migrations(f"kvmhost-{name}", name)
+            host.authorize_ssh_key(key.with_suffix(".pub").read_text())
+        # Each way of naming a NIC: a's by kernel name and udev path, b's by MAC.
+        a_static_path = a.check("udevadm info --query=property --property=ID_PATH --value "
+                                f"/sys/class/net/{STATIC_NIC}").strip()
+        inventory = write_inventory(work / "inventory.yml", {
+            "kvmhost-a": {"ansible_host": a.migration_address, "kvmhooks_uplinks": {
+                "lan": {"nic": MANAGED_NIC}, "storage": {"path": a_static_path}}},
+            "kvmhost-b": {"ansible_host": b.migration_address, "kvmhooks_uplinks": {
+                "lan": {"mac": b_uplink.mac}}},
+        }, {"ansible_user": "root", "ansible_ssh_private_key_file": str(key),
+            "ansible_ssh_common_args": "-o StrictHostKeyChecking=no "
+                                       "-o UserKnownHostsFile=/dev/null",
+            "ansible_python_interpreter": "/usr/bin/python3", "kvmhooks_wheel": str(wheel)})
+        started = time.monotonic()
+        first_run = run_playbook(lan.ns, inventory, "site.yml")
+        MEASURED["the Ansible role's first run on both hosts"] = time.monotonic() - started
+        if first_run.returncode != 0:
+            pytest.fail(f"the Ansible role failed on the hosts:\n{first_run.output}",
+                        pytrace=False)
+        yield TwoHosts(a, b, inventory, first_run)
+    finally:
+        errors = module.run()
+    if errors:
+        pytest.fail(f"the second host's cleanup failed: {errors}", pytrace=False)

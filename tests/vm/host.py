@@ -74,6 +74,8 @@ class NestedGuest:
 class KvmhooksHost:
     def __init__(self, vm: HostVM, lan: Lan) -> None:
         self.vm, self.lan = vm, lan
+        #: Its address on the hosts' migration link (addr without length), once it has one.
+        self.migration_address: str | None = None
 
     def sh(self, script: str, timeout: float = 120) -> Completed:
         return self.vm.agent.sh(script, timeout)
@@ -90,6 +92,35 @@ class KvmhooksHost:
                    f"--root-user-action=ignore {target} && kvmhooks install && "
                    "systemctl daemon-reload && systemctl enable --now kvmhooks-agent.socket && "
                    "udevadm control --reload", timeout=300)
+
+    def accept_migrations(self, hostname: str, uuid_digit: str) -> None:
+        """libvirt listening on TCP without authentication (the link is the test's own),
+        under a hostname and host UUID of its own: libvirt refuses a migration between
+        hosts that share either, and every host VM boots from the same image."""
+        uuid = "00000000-0000-4000-8000-" + uuid_digit * 12
+        self.check(f"hostnamectl set-hostname {hostname} && "
+                   f"printf 'auth_tcp = \"none\"\\nhost_uuid = \"{uuid}\"\\n' "
+                   ">>/etc/libvirt/libvirtd.conf && systemctl stop libvirtd.service && "
+                   "systemctl enable --now libvirtd-tcp.socket")
+
+    def ifname(self, mac: str) -> str:
+        """The name of the VM's NIC with ``mac``."""
+        for line in self.check("ip -o link show").splitlines():
+            if f"link/ether {mac.lower()} " in line:
+                return line.split(": ")[1].split("@")[0]
+        raise LookupError(f"no NIC with MAC {mac} in the VM")
+
+    def set_static_address(self, ifname: str, address: str) -> None:
+        """A static IPv4 address on ``ifname``, the way the host's NetworkManager keeps it."""
+        self.check(f"nmcli -w 30 connection add type ethernet con-name static-{ifname} "
+                   f"ifname {ifname} ipv4.method manual ipv4.addresses {address} "
+                   f"ipv6.method disabled connection.autoconnect-priority 10 && "
+                   f"nmcli -w 30 connection up static-{ifname}", timeout=60)
+
+    def authorize_ssh_key(self, public_key: str) -> None:
+        self.check("mkdir -p -m 700 /root/.ssh")
+        self.vm.agent.write_file("/root/.ssh/authorized_keys", public_key.encode(), 0o600)
+        self.check("systemctl start ssh.service")
 
     def configure(self, text: str) -> None:
         self.check(f"mkdir -p /etc/kvmhooks && printf %s {shlex.quote(text)} >{CONFIG}.new && "

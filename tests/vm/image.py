@@ -4,7 +4,8 @@ systemd as PID 1 with udev and dbus under it, NetworkManager owning the NICs, li
 socket-activated (``libvirtd.socket`` and friends enabled, ``libvirtd.service`` not: the
 daemon starts on the first connection and exits when idle, as EL's modular daemons do),
 qemu for nested guests, python3 with kvmhooks' dependencies from Debian's packages,
-qemu-guest-agent as the command channel, and the Debian cloud kernel. The lab's tiny
+qemu-guest-agent as the command channel, sshd and python3-apt for Ansible (root logs in
+with a key the tests install), and the Debian cloud kernel. The lab's tiny
 guest (tests/lab/guest.py) is copied in, so tests boot nested guests inside.
 
 Built once per machine with mmdebstrap and cached under /var/cache/kvmhooks-vm/<key>/,
@@ -40,7 +41,7 @@ PACKAGES = (
     "procps", "kmod", "linux-image-cloud-amd64", "initramfs-tools", "qemu-guest-agent",
     "libvirt-daemon-system", "libvirt-daemon-driver-qemu", "libvirt-clients",
     "qemu-system-x86", "python3", "python3-pyroute2", "python3-pyudev", "python3-lxml",
-    "python3-libvirt", "python3-pip",
+    "python3-libvirt", "python3-pip", "openssh-server", "python3-apt",
 )
 
 # Run inside the new root (chroot) after the packages are in.

@@ -76,8 +76,17 @@ class Lan:
         return sum(1 for line in self.dhcp_log.read_text().splitlines()
                    if re.search(rf"DHCPACK\(\S+\) {re.escape(ip)} ", line))
 
-    def attach(self, tap: str) -> None:
-        self._ip("link", "set", tap, "master", self.BRIDGE, "up")
+    def add_segment(self, bridge: str) -> Subnet:
+        """A second link in the namespace (a bridge ``bridge``, no DHCP), such as the
+        hosts' migration link; this machine's end holds ``.1`` of its own subnet."""
+        subnet = pick_subnet()
+        self._ip("link", "add", bridge, "type", "bridge")
+        self._ip("addr", "add", subnet.addr(1), "dev", bridge)
+        self._ip("link", "set", bridge, "up")
+        return subnet
+
+    def attach(self, tap: str, bridge: str = BRIDGE) -> None:
+        self._ip("link", "set", tap, "master", bridge, "up")
 
     def ping(self, address: str, count: int = 1, timeout: int = 2) -> bool:
         done = subprocess.run(["ip", "netns", "exec", self.ns, "ping", "-n", "-q", "-c",
@@ -88,10 +97,12 @@ class Lan:
 
 @dataclass
 class VmNic:
-    """A virtio NIC of the VM on the LAN: QMP device ``id``, on its own root port."""
+    """A virtio NIC of the VM: QMP device ``id``, on its own root port, on the LAN or on
+    another segment of the LAN's namespace (Lan.add_segment)."""
 
     id: str
     mac: str = field(default_factory=guest_mac)
+    segment: str = Lan.BRIDGE
 
 
 class HostVM:
@@ -165,7 +176,7 @@ class HostVM:
             raise RuntimeError(f"QEMU exited: {(self.dir / 'qemu.err').read_text()}")
         self.qmp = Qmp(str(qmp_path))
         for nic in self.nics.values():
-            self.lan.attach(self._tap(nic))
+            self.lan.attach(self._tap(nic), nic.segment)
         self.wait_system_up(timeout)
         return time.monotonic() - started
 
@@ -201,6 +212,17 @@ class HostVM:
         """PCI hot-unplug of the NIC: the guest's kernel sees it go."""
         self.qmp.execute("device_del", id=nic_id)
         self.qmp.wait_event("DEVICE_DELETED", timeout, device=nic_id)
+
+    def add_nic(self, nic: VmNic) -> None:
+        """A NIC the VM did not boot with, hot-plugged on the next free root port, its
+        tap on ``nic.segment``."""
+        if len(self.nics) >= ROOT_PORTS:
+            raise ValueError(f"at most {ROOT_PORTS} NICs")
+        self.nics[nic.id] = nic
+        self.qmp.execute("netdev_add", type="tap", id=f"net-{nic.id}", ifname=self._tap(nic),
+                         script="no", downscript="no", vhost=False)
+        self.lan.attach(self._tap(nic), nic.segment)
+        self.plug(nic.id)
 
     def plug(self, nic_id: str) -> None:
         """PCI hotplug of the NIC again, on its own port, with its own MAC."""
