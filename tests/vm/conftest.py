@@ -86,7 +86,8 @@ class TwoHosts:
 @pytest.fixture(scope="module")
 def two_hosts(vm_host, wheel, tmp_path_factory) -> TwoHosts:
     """A second host VM (1 vCPU, 1.5 GiB) beside the session's, nothing of kvmhooks on it
-    until the role installs it; both accept live migrations over TCP on the link."""
+    until the role installs it; both accept live migrations over TCP on the link. Host a
+    keeps its new hostname and libvirt's TCP listener: this module is the tier's last."""
     module = Cleanup()
     try:
         lan, a = vm_host.lan, vm_host
