@@ -7,8 +7,9 @@ import argparse
 import json
 import sys
 
+from . import __version__
 from . import config as config_module
-from .domain import DIRECT_MODES, Attachment
+from .domain import DIRECT_MODES, KINDS, Attachment
 from .errors import KvmhooksError, UsageError
 
 # hookclient.py runs alone under `python3 -I -S` and checks NIC events too: their actions
@@ -41,6 +42,7 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="kvmhooks", description=(
         "Host networking that follows KVM guests, from their libvirt metadata."))
+    parser.add_argument("--version", action="version", version=f"kvmhooks {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     explain = commands.add_parser("explain", help="the plan for this host, changing nothing")
@@ -51,30 +53,40 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--incoming", action="store_true",
                          help="for a guest that would come here by migration or restore "
                               "(a preflight): native sources are rewritten, not refused")
-    explain.add_argument("--json", action="store_true")
+    explain.add_argument("--json", action="store_true", help="the plan as JSON")
     explain.set_defaults(run=_explain)
 
     attach = commands.add_parser("attach", help="tag an interface in a persistent definition")
-    attach.add_argument("domain")
-    attach.add_argument("--mac", required=True)
-    attach.add_argument("--uplink", required=True)
-    attach.add_argument("--type", required=True, choices=("bridge", "direct"))
-    attach.add_argument("--mode", choices=DIRECT_MODES)
+    attach.add_argument("domain", help="a libvirt domain name")
+    attach.add_argument("--mac", required=True,
+                        help="the interface's MAC (an interface is added when none has it)")
+    attach.add_argument("--type", required=True, choices=KINDS,
+                        help="bridge: a tap on the uplink's bridge; direct: a macvtap on its "
+                             "NIC; network: the libvirt network --network names")
+    attach.add_argument("--uplink", metavar="NAME",
+                        help="an uplink of the host config (--type bridge or direct)")
+    attach.add_argument("--network", metavar="NAME",
+                        help="a libvirt network (--type network; always the native form)")
+    attach.add_argument("--mode", choices=DIRECT_MODES,
+                        help="the macvtap's mode (--type direct; default bridge)")
     attach.add_argument("--native", action="store_true",
                         help="write type bridge/direct with this host's source instead of "
                              "the hook-owned form")
     attach.set_defaults(run=_attach)
 
     in_line = commands.add_parser("apply", help="bring definitions and running guests in line")
-    in_line.add_argument("domains", nargs="*", metavar="DOMAIN")
+    in_line.add_argument("domains", nargs="*", metavar="DOMAIN",
+                         help="the domains to bring in line (default: every domain, and "
+                              "orphaned devices removed)")
     in_line.set_defaults(run=_bring_in_line)
 
     status = commands.add_parser("status", help="every tagged interface and its state")
-    status.add_argument("--json", action="store_true")
+    status.add_argument("--json", action="store_true", help="the rows as JSON")
     status.set_defaults(run=_status)
 
     check = commands.add_parser("check-config", help="validate a host config")
-    check.add_argument("file", nargs="?")
+    check.add_argument("file", nargs="?",
+                       help="the config to check (default: the one kvmhooks reads)")
     check.set_defaults(run=_check_config)
 
     nic_event = commands.add_parser("nic-event", help="what the udev rule runs for a NIC")
@@ -90,7 +102,8 @@ def _parser() -> argparse.ArgumentParser:
     agent.set_defaults(run=_agent)
 
     install = commands.add_parser("install", help="install the hook shims (non-RPM install)")
-    install.add_argument("--root", default="/")
+    install.add_argument("--root", default="/",
+                         help="write under this directory instead of / (for images)")
     install.set_defaults(run=_install)
     return parser
 
@@ -185,6 +198,15 @@ def _attach(args) -> int:
         raise UsageError(f"--mac: '{args.mac}' is not a MAC address")
     if args.mode and args.type != "direct":
         raise UsageError("--mode applies only to --type direct")
+    if args.type == "network":
+        if args.network is None or args.uplink is not None:
+            raise UsageError("--type network takes --network NAME and no --uplink")
+        attach(args.domain, Attachment(mac, "network", network=args.network), True)
+        print(f"domain {args.domain}: interface {mac} attached to network {args.network} "
+              "(native)")
+        return 0
+    if args.uplink is None or args.network is not None:
+        raise UsageError(f"--type {args.type} takes --uplink NAME and no --network")
     attachment = Attachment(mac, args.type, uplink=args.uplink,
                             mode=(args.mode or "bridge") if args.type == "direct" else None)
     attach(args.domain, attachment, args.native)

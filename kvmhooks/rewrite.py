@@ -14,6 +14,7 @@ from .inventory import Inventory
 from .names import hook_owned_name
 from .resolve import resolve, resolve_all, uplink_for
 from .sources import (
+    NetworkSource,
     Source,
     SourceChange,
     change_type,
@@ -72,6 +73,10 @@ def attach_interface(root: etree._Element, name: str, attachment: Attachment, na
     domain must work on this host; what the interface's old type had that the new one
     cannot carry is dropped or refused."""
     set_attachment(root, attachment)
+    if attachment.kind == "network":  # a libvirt network: the native form is the only one
+        set_native(root, attachment.mac, NetworkSource(attachment.network))
+        resolve_all(domain_from_tree(root, name), config, inventory)
+        return
     # The domain is judged with a bare hook-owned interface standing in for this one, so
     # that its children are judged once, against the form it takes.
     stand_in = copy.deepcopy(root)

@@ -7,6 +7,7 @@ import json
 import pytest
 from lxml import etree
 
+from kvmhooks import __version__
 from tests.lab.commands import kvmhooks, record, run_hook
 from tests.lab.domains import Iface, domain_xml
 from tests.lab.links import (
@@ -109,6 +110,41 @@ def test_attach_writes_hook_owned_and_native_forms(libvirt_conn, cleanup, kh_con
                        "--type", "bridge")
     assert refused.returncode == 2
     assert refused.stderr.count("\n") == 1 and "unknown uplink 'nosuch'" in refused.stderr
+
+
+def test_attach_a_libvirt_network_and_the_usage_lines(libvirt_conn, cleanup, kh_config,
+                                                      stand_in_nic):
+    up = lab_uplink(cleanup, stand_in_nic.name)
+    kh_config(up.table)
+    dom = define(libvirt_conn, domain_xml(unique_name("kt-dom-"), [], metadata=""), cleanup)
+    mac = guest_mac()
+    attached = kvmhooks("attach", dom.name(), "--mac", mac, "--type", "network",
+                        "--network", "kt-net")
+    assert attached.returncode == 0, attached.stderr
+    assert attached.stdout == f"domain {dom.name()}: interface {mac} attached to network " \
+                              "kt-net (native)\n"
+    definition = etree.fromstring(dom.XMLDesc(0x2).encode())
+    (interface,) = definition.xpath(f"devices/interface[mac/@address='{mac}']")
+    assert (interface.get("type"), interface.find("source").get("network")) == \
+        ("network", "kt-net")
+    row = next(r for r in json.loads(kvmhooks("status", "--json").stdout)
+               if r["domain"] == dom.name())
+    assert (row["uplink"], row["state"]) == ("network:kt-net", "ok")
+
+    before = dom.XMLDesc(0x2)
+    for args, line in [
+        (("--type", "network"), "--type network takes --network NAME and no --uplink"),
+        (("--type", "network", "--network", "n", "--uplink", up.name),
+         "--type network takes --network NAME and no --uplink"),
+        (("--type", "bridge"), "--type bridge takes --uplink NAME and no --network"),
+        (("--type", "direct", "--uplink", up.name, "--network", "n"),
+         "--type direct takes --uplink NAME and no --network"),
+    ]:
+        refused = kvmhooks("attach", dom.name(), "--mac", guest_mac(), *args)
+        assert (refused.returncode, refused.stderr) == (2, f"kvmhooks: {line}\n"), args
+    assert dom.XMLDesc(0x2) == before
+    version = kvmhooks("--version")
+    assert (version.returncode, version.stdout) == (0, f"kvmhooks {__version__}\n")
 
 
 def test_apply_rewrites_a_definition_for_this_host(libvirt_conn, cleanup, kh_config,

@@ -15,7 +15,7 @@ import pytest
 from kvmhooks.domain import Attachment, domain_from_tree
 from kvmhooks.planner import plan_sources
 from kvmhooks.rewrite import set_attachment, set_hook_owned, set_native, write_sources
-from kvmhooks.sources import BridgeSource, DirectSource
+from kvmhooks.sources import BridgeSource, DirectSource, NetworkSource
 from kvmhooks.xmlsafe import parse, serialize
 
 from .builders import LAN, LAN_BRIDGE, MAC1, Host, make_config
@@ -72,6 +72,8 @@ ATTACH_CASES = {
                         DirectSource("eth1", "private")),
     "native-new": (Attachment(MAC1, "bridge", uplink="lan"),
                    BridgeSource("br-lan")),
+    "network-existing": (Attachment(MAC1, "network", network="default"),
+                         NetworkSource("default")),
 }
 
 
