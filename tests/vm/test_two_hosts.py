@@ -41,7 +41,8 @@ def ping_times(host, name: str, target: str) -> list[float]:
 def preflight(source, destination, name: str):
     """What the destination answers for the guest, before any migration."""
     xml = source.check(f"virsh dumpxml --migratable {name}")
-    destination.vm.agent.write_file(f"/root/{name}.xml", xml.encode())  # remove_guest's
+    # At the path remove_guest deletes, on either host.
+    destination.vm.agent.write_file(f"/root/{name}.xml", xml.encode())
     return destination.sh(f"kvmhooks explain --incoming --xml - </root/{name}.xml")
 
 
