@@ -21,11 +21,11 @@ class Backend(Protocol):
     def create_bridge(self, name: str, mac: str | None, mark: str,
                       mtu: int | None) -> None: ...
     def create_tap(self, name: str, mac: str, bridge: str, mark: str,
-                   mtu: int | None) -> None: ...
+                   mtu: int | None, multi_queue: bool) -> None: ...
     def create_macvtap(self, name: str, parent: str, mode: str, mac: str, mark: str,
                        mtu: int | None) -> None: ...
-    def create_shim(self, name: str, parent: str, address: Address, mark: str, mac: str,
-                    mtu: int | None) -> None: ...
+    def create_shim(self, name: str, parent: str, addresses: tuple[Address, ...], mark: str,
+                    mac: str, mtu: int | None) -> None: ...
     def set_state(self, name: str, up: bool) -> None: ...
     def set_master(self, name: str, master: str | None) -> None: ...
     def set_mtu(self, name: str, mtu: int) -> None: ...
@@ -91,13 +91,15 @@ class CreateTap(Create):
     bridge: str
     mark: str
     mtu: int | None = None
+    multi_queue: bool = False  # for <driver queues='N'/> with N > 1
 
     def describe(self) -> str:
         return f"create tap {self.name} with MAC {self.mac} on bridge {self.bridge}" + \
-            _mtu(self.mtu)
+            _mtu(self.mtu) + (", multi-queue" if self.multi_queue else "")
 
     def run(self, backend: Backend) -> None:
-        backend.create_tap(self.name, self.mac, self.bridge, self.mark, self.mtu)
+        backend.create_tap(self.name, self.mac, self.bridge, self.mark, self.mtu,
+                           self.multi_queue)
 
 
 @dataclass(frozen=True)
@@ -124,17 +126,18 @@ class CreateShim(Create):
 
     name: str
     parent: str
-    address: Address
+    addresses: tuple[Address, ...]
     mark: str
     mac: str
     mtu: int | None = None
 
     def describe(self) -> str:
         return (f"create shim {self.name} (macvlan bridge mode) on {self.parent} with "
-                f"MAC {self.mac} and {self.address}{_mtu(self.mtu)}, announced")
+                f"MAC {self.mac} and {', '.join(str(a) for a in self.addresses)}"
+                f"{_mtu(self.mtu)}, announced")
 
     def run(self, backend: Backend) -> None:
-        backend.create_shim(self.name, self.parent, self.address, self.mark, self.mac,
+        backend.create_shim(self.name, self.parent, self.addresses, self.mark, self.mac,
                             self.mtu)
 
 

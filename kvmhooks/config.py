@@ -40,7 +40,8 @@ class Uplink:
     mac: str | None = None
     path: str | None = None
     bridge: str | None = None
-    host_address: ipaddress.IPv4Interface | ipaddress.IPv6Interface | None = None
+    # The shim's addresses, IPv4 and IPv6; none: no shim.
+    host_addresses: tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, ...] = ()
     domains: tuple[str, ...] | None = None
     mtu: int | None = None  # None: every device takes its lower device's MTU
 
@@ -253,17 +254,7 @@ class _Parser:
             values["mac"] = mac
         if values.get("bridge") and values.get("nic") == values["bridge"]:
             raise self.error(table, "bridge", "the bridge cannot be the NIC itself")
-        host_address = None
-        if "host_address" in body:
-            text = self.string(table, "host_address", body["host_address"])
-            if "/" not in text:
-                raise self.error(table, "host_address", f"'{text}' needs a prefix length "
-                                 "(for example 192.0.2.10/24)")
-            try:
-                host_address = ipaddress.ip_interface(text)
-            except ValueError:
-                raise self.error(table, "host_address",
-                                 f"'{text}' is not an address with prefix") from None
+        host_addresses = self.host_addresses(table, body.get("host_address"))
         domains = None
         if "domains" in body:
             domains = body["domains"]
@@ -278,7 +269,31 @@ class _Parser:
                              f"{MTU_RANGE[1]}")
         return Uplink(name=name, nic=values.get("nic"), mac=values.get("mac"),
                       path=values.get("path"), bridge=values.get("bridge"),
-                      host_address=host_address, domains=domains, mtu=mtu)
+                      host_addresses=host_addresses, domains=domains, mtu=mtu)
+
+    def host_addresses(self, table: str, value: object) -> tuple:
+        """host_address: one CIDR or a list of them, IPv4 and IPv6."""
+        if value is None:
+            return ()
+        texts = value if isinstance(value, list) else [value]
+        if not texts:
+            raise self.error(table, "host_address", "must be an address with prefix or a "
+                             "non-empty list of them")
+        addresses = []
+        for item in texts:
+            text = self.string(table, "host_address", item)
+            if "/" not in text:
+                raise self.error(table, "host_address", f"'{text}' needs a prefix length "
+                                 "(for example 192.0.2.10/24 or 2001:db8::10/64)")
+            try:
+                address = ipaddress.ip_interface(text)
+            except ValueError:
+                raise self.error(table, "host_address",
+                                 f"'{text}' is not an address with prefix") from None
+            if address.ip in [known.ip for known in addresses]:
+                raise self.error(table, "host_address", f"'{text}' is listed twice")
+            addresses.append(address)
+        return tuple(addresses)
 
     def network(self, name: str, body: dict, uplinks: dict) -> NetworkEntry:
         table = f"network.{name}"

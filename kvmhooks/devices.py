@@ -59,6 +59,7 @@ class WantedLink:
     lower: str
     mac: str | None = None
     mode: str | None = None
+    multi_queue: bool | None = None  # a tap's queue flag, where kvmhooks made the tap
 
 
 def link_problem(link: Link, wanted: WantedLink, inventory: Inventory) -> str | None:
@@ -74,7 +75,15 @@ def link_problem(link: Link, wanted: WantedLink, inventory: Inventory) -> str | 
         return f"is in mode {link.mode}, metadata says {wanted.mode}"
     if wanted.mac is not None and link.mac != wanted.mac:
         return f"has MAC {link.mac}"
+    if None not in (wanted.multi_queue, link.multi_queue) and \
+            link.multi_queue != wanted.multi_queue:
+        return f"is {_queueing(link.multi_queue)}, the interface needs " \
+            f"{_queueing(wanted.multi_queue)}"
     return None
+
+
+def _queueing(multi_queue: bool) -> str:
+    return "multi-queue" if multi_queue else "single-queue"
 
 
 def tap_mac(guest_mac: str) -> str:
@@ -86,9 +95,11 @@ def tap_mac(guest_mac: str) -> str:
 def guest_link(tagged: TaggedInterface, resolution: Resolution) -> WantedLink:
     """The host device a tagged bridge or direct interface needs. libvirt chooses the MAC
     of its own taps (native type bridge); every other MAC is the metadata's."""
+    if tagged.attachment.kind == "bridge" and tagged.hook_owned:
+        return WantedLink("tun", resolution.bridge, tap_mac(tagged.mac),
+                          multi_queue=tagged.device.queues > 1)
     if tagged.attachment.kind == "bridge":
-        return WantedLink("tun", resolution.bridge,
-                          tap_mac(tagged.mac) if tagged.hook_owned else None)
+        return WantedLink("tun", resolution.bridge)
     return WantedLink("macvtap", resolution.lower, tagged.mac, tagged.attachment.mode)
 
 
@@ -141,7 +152,7 @@ class DevicePlanner:
         if resolution.nic is None:  # away for now: the bridge is all there is to keep
             bridge = self.inventory.by_name(resolution.bridge)
             self.uplink_mtu(uplink, bridge)
-            if uplink.host_address is not None:
+            if uplink.host_addresses:
                 # The bridge's MAC need not be its NIC's: a shim in place keeps its MAC
                 # until the NIC is back, and a new one is rebuilt then if need be.
                 self.shim(uplink, resolution.lower, bridge.mac, nic_away=True)
@@ -161,7 +172,7 @@ class DevicePlanner:
                             f"\"{master.name if master else '...'}\" for this uplink")
         if not nic.up:
             self.actions.append(SetUp(nic.name))
-        if uplink.host_address is not None:
+        if uplink.host_addresses:
             self.shim(uplink, resolution.lower, nic.permanent_mac or nic.mac)
 
     def uplink_mtu(self, uplink: Uplink, link: Link) -> None:
@@ -255,7 +266,7 @@ class DevicePlanner:
 
     def shim(self, uplink: Uplink, lower: str, host_mac: str | None,
              nic_away: bool = False) -> None:
-        address = shim_address(str(uplink.host_address))
+        addresses = tuple(shim_address(str(address)) for address in uplink.host_addresses)
         mac = shim_mac(uplink.name, host_mac or "")
         mtu = self.mtu_of(lower)
         shim = None if uplink.shim in self.deleted_links else self.inventory.by_name(uplink.shim)
@@ -272,12 +283,12 @@ class DevicePlanner:
                                                f"has MAC {shim.mac}, not its own {mac}"))
                 shim = None
         if shim is None:
-            self.actions.append(CreateShim(uplink.shim, lower, address,
+            self.actions.append(CreateShim(uplink.shim, lower, addresses,
                                            shim_mark(uplink.name), mac, mtu))
         else:
             self.claim(shim)
-            if not shim.holds(address.cidr):
-                self.actions.append(AddAddress(shim.name, address))
+            self.actions.extend(AddAddress(shim.name, address) for address in addresses
+                                if not shim.holds(address.cidr))
             if mtu is not None and shim.mtu != mtu:
                 self.actions.append(SetMtu(shim.name, mtu, shim.mtu))
             if not shim.up:
@@ -289,12 +300,13 @@ class DevicePlanner:
         what its lower device sends, so the lower's own route for that subnet (there when
         the NIC or bridge has an address in it) gets a higher metric and stays as the
         fallback. Where a kill left that route with both metrics, the old one goes."""
-        network = str(uplink.host_address.network)
+        networks = {str(address.network) for address in uplink.host_addresses}
         present = lower_link.prefix_routes if lower_link else ()
         competing = {route.dst: route for route in present
-                     if route.dst == network and (route.priority or 0) < SHIM_PREFERENCE}
+                     if route.dst in networks and (route.priority or 0) < SHIM_PREFERENCE}
         for address in self.planned_addresses.get(lower, ()):
-            if address.makes_prefix_route and str(address.interface.network) == network:
+            network = str(address.interface.network)
+            if address.makes_prefix_route and network in networks:
                 competing.setdefault(network, prefix_route(address))
         for route in competing.values():
             metric = SHIM_PREFERENCE + (route.priority or 0)
@@ -330,7 +342,8 @@ class DevicePlanner:
                 return
             self.actions.append(DeleteLink(name, "left from an earlier start, rebuilt"))
         if wanted.kind == "tun":
-            self.actions.append(CreateTap(name, wanted.mac, wanted.lower, mark, mtu))
+            self.actions.append(CreateTap(name, wanted.mac, wanted.lower, mark, mtu,
+                                          bool(wanted.multi_queue)))
         else:
             self.actions.append(CreateMacvtap(name, wanted.mac, wanted.lower, wanted.mode,
                                               mark, mtu))

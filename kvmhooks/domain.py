@@ -49,6 +49,7 @@ class DeviceInterface:
     target_dev: str | None = None
     managed: str | None = None
     source: tuple[tuple[str, str], ...] = ()  # the attributes of <source>
+    queues: int = 1  # <driver queues='N'/>
 
 
 @dataclass(frozen=True)
@@ -206,10 +207,20 @@ def device_interfaces(root: etree._Element, domain: str) -> dict[str, DeviceInte
             target_dev=target.get("dev") if target is not None else None,
             managed=target.get("managed") if target is not None else None,
             source=tuple(source.attrib.items()) if source is not None else (),
+            queues=_queues(element.find("driver"), domain, mac),
         )
     for mac in sorted(duplicates):
         raise MetadataError(domain, "more than one <interface> in <devices> has this MAC", mac)
     return found
+
+
+def _queues(driver: etree._Element | None, domain: str, mac: str) -> int:
+    text = driver.get("queues") if driver is not None else None
+    if text is None:
+        return 1
+    if not text.strip().isdigit() or int(text) < 1:
+        raise MetadataError(domain, f"<driver queues='{text}'> is not a positive number", mac)
+    return int(text)
 
 
 def check_form(domain: str, tagged: TaggedInterface) -> None:

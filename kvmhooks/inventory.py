@@ -137,6 +137,7 @@ class Link:
     id_path: str | None = None  # udev ID_PATH, when it was asked for
     permanent_mac: str | None = None
     mtu: int = 1500
+    multi_queue: bool | None = None  # a tun device's queue flag; None: not a tun, or unknown
     mark_pending: bool = False  # its mark comes from the creation journal, not the kernel
 
     @property

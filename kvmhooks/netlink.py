@@ -45,6 +45,7 @@ from .inventory import (
 log = logging.getLogger("kvmhooks")
 
 IFF_UP = 0x1
+IFF_ALLMULTI = 0x200
 RTN_UNICAST = 1
 RT_TABLE_MAIN = 254
 RT_SCOPE_UNIVERSE = 0
@@ -65,6 +66,7 @@ _DELETE = NLM_F_REQUEST | NLM_F_ACK
 # raises it, 0.9 reads again itself, 0.5 does not tell (and has no such class).
 _DUMP_INTERRUPTED = getattr(netlink_exceptions, "NetlinkDumpInterrupted", ())
 DUMP_ATTEMPTS = 10
+IFLA_TUN_MULTI_QUEUE = 7  # include/uapi/linux/if_link.h
 
 
 def _naming(base: type, first_type: int, attributes: tuple) -> type:
@@ -139,7 +141,9 @@ class Netlink:
         for msg in link_messages:
             index, name = msg["index"], msg.get_attr("IFLA_IFNAME")
             kind = msg.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND")
-            mode = None
+            mode = multi_queue = None
+            if kind == "tun":
+                multi_queue = _multi_queue(msg.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA"))
             if kind in ("macvlan", "macvtap"):
                 mode = msg.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA",
                                       f"IFLA_{kind.upper()}_MODE")
@@ -157,7 +161,8 @@ class Netlink:
                 routes=tuple(r for r in through if not is_prefix_route(r, held)),
                 prefix_routes=tuple(r for r in through if is_prefix_route(r, held)),
                 id_path=(id_paths or {}).get(name),
-                permanent_mac=msg.get_attr("IFLA_PERM_ADDRESS"), mtu=msg.get_attr("IFLA_MTU")))
+                permanent_mac=msg.get_attr("IFLA_PERM_ADDRESS"), mtu=msg.get_attr("IFLA_MTU"),
+                multi_queue=multi_queue))
         return Inventory(tuple(links))
 
     # --- changing ----------------------------------------------------------------
@@ -170,8 +175,11 @@ class Netlink:
         self._finish_create(name, mark, up=True)
 
     def create_tap(self, name: str, mac: str, bridge: str, mark: str,
-                   mtu: int | None) -> None:
-        self._call(f"create tap {name}", "add", ifname=name, kind="tuntap", mode="tap")
+                   mtu: int | None, multi_queue: bool) -> None:
+        # qemu opens a persistent tap with the queue flag it was made with, or not at all.
+        flags = {"ifr": {"multi_queue": True}} if multi_queue else {}
+        self._call(f"create tap {name}", "add", ifname=name, kind="tuntap", mode="tap",
+                   **flags)
         self._finish_create(name, mark, up=True, address=mac, mtu=mtu,
                             master=self.index(bridge))
 
@@ -183,24 +191,30 @@ class Netlink:
                    link=self.index(parent), macvtap_mode=kernel_mode, address=mac, **extra)
         # A passthru macvtap takes its parent's MAC at creation; setting it afterwards
         # sets it on the parent too, which the kernel restores when the macvtap goes.
+        # All multicast: a macvtap's filter knows nothing of the guest's groups, and IPv6
+        # neighbour discovery for the guest's addresses is multicast.
         self._finish_create(name, mark, up=True,
-                            address=mac if kernel_mode == "passthru" else None)
+                            address=mac if kernel_mode == "passthru" else None,
+                            allmulticast=True)
 
-    def create_shim(self, name: str, parent: str, address: Address, mark: str, mac: str,
-                    mtu: int | None) -> None:
+    def create_shim(self, name: str, parent: str, addresses: tuple[Address, ...], mark: str,
+                    mac: str, mtu: int | None) -> None:
         extra = {"mtu": mtu} if mtu else {}
         self._call(f"create shim {name} on {parent}", "add", ifname=name, kind="macvlan",
                    link=self.index(parent), macvlan_mode="bridge", address=mac, **extra)
         self._finish_create(name, mark, up=True)
         try:
-            self.add_address(name, address)
+            for address in addresses:
+                self.add_address(name, address)
         except HostError:
             self.delete_link(name)
             raise
-        self._announce(name, mac, address)
+        for address in addresses:
+            self._announce(name, mac, address)
 
     def _finish_create(self, name: str, mark: str, up: bool, address: str | None = None,
-                       mtu: int | None = None, master: int | None = None) -> None:
+                       mtu: int | None = None, master: int | None = None,
+                       allmulticast: bool = False) -> None:
         """Mark a new device first, then configure it; delete it when any step fails.
         Its MTU comes before its master: a bridge takes the smallest MTU of its ports."""
         try:
@@ -212,6 +226,9 @@ class Netlink:
                 self._call(f"set MTU of {name}", "set", index=index, mtu=mtu)
             if master:
                 self._call(f"enslave {name}", "set", index=index, master=master)
+            if allmulticast:
+                self._call(f"set {name} allmulticast", "set", index=index,
+                           flags=IFF_ALLMULTI, change=IFF_ALLMULTI)
             if up:
                 self._call(f"set {name} up", "set", index=index, state="up")
         except HostError:
@@ -364,6 +381,26 @@ class Netlink:
             self.ipr.link(command, **spec)
         except (NetlinkError, OSError) as error:  # tuntap creation goes through ioctl
             raise HostError(f"{step}: {_reason(error)}") from None
+
+
+def _multi_queue(data) -> bool | None:
+    """Whether a tun device was made multi-queue, from its IFLA_INFO_DATA: attributes
+    where pyroute2 decodes them, raw bytes as "hex" text where it does not (0.5)."""
+    if data is None:
+        return None
+    if not isinstance(data, str):
+        value = data.get_attr("IFLA_TUN_MULTI_QUEUE")
+        return None if value is None else bool(value)
+    raw = bytes.fromhex(data.replace(":", ""))
+    offset = 0
+    while offset + 4 <= len(raw):
+        length, kind = struct.unpack_from("=HH", raw, offset)
+        if length < 4:
+            break
+        if kind == IFLA_TUN_MULTI_QUEUE and length >= 5:
+            return bool(raw[offset + 4])
+        offset += (length + 3) & ~3
+    return None
 
 
 def _address(msg, device: str) -> Address:

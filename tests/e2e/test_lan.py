@@ -6,32 +6,41 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import replace
 
 import pytest
 
 from tests.lab import guest
 from tests.lab.domains import Iface
-from tests.lab.links import ping
-from tests.lab.names import guest_mac, unique_name
-from tests.lab.nic import StandInNic
+from tests.lab.links import ping, set_mtu
+from tests.lab.names import guest_mac, pick_subnet6, unique_name
+from tests.lab.nic import NicAddress, StandInNic
 from tests.lab.uplinks import lab_uplink
 
 pytestmark = [pytest.mark.system, pytest.mark.e2e]
 
 LAN_HOST = 2
 SHIM = 5
+IFF_MULTI_QUEUE = 0x100
+IFA_F_NODAD = 0x02
 
 
 class Uplink:
     """A stand-in NIC, its LAN namespace and an uplink for it in the config."""
 
     def __init__(self, cleanup, kh_config, subnet, bridge: bool, shim: bool,
-                 nic_address: bool = True):
+                 nic_address: bool = True, mtu: int | None = None, extra: str = "",
+                 lan_addresses: tuple[str, ...] = (), host_addresses: tuple[str, ...] = (),
+                 nic_addresses: tuple[NicAddress, ...] = ()):
+        """``host_addresses``: the shim's, as a list in the config (``shim``: its IPv4
+        one alone); ``nic_addresses``: the NIC's besides its IPv4 one."""
         self.subnet = subnet
         self.nic = StandInNic(cleanup, None, subnet.addr(1) if nic_address else None,
-                              subnet.addr(LAN_HOST))
+                              subnet.addr(LAN_HOST), mtu=mtu, lan_addresses=lan_addresses,
+                              addresses=nic_addresses)
         up = lab_uplink(cleanup, self.nic.name, bridge=bridge,
-                        host_address=subnet.addr(SHIM) if shim else None)
+                        host_address=subnet.addr(SHIM) if shim else None,
+                        host_addresses=host_addresses, extra=extra)
         self.name, self.bridge = up.name, up.bridge
         kh_config(up.table)
         self.lan = subnet.ip(LAN_HOST)
@@ -45,14 +54,18 @@ class Guest:
         self.dom, self.serial, self.iface, self.address = dom, serial, iface, address
 
 
-def boot(conn, cleanup, ifaces_and_addresses: list[tuple[Iface, str]],
-         pings: list[str]) -> list[Guest]:
-    """Define and start one guest per interface, all at once, then wait until each is up."""
+def boot(conn, cleanup, ifaces_and_addresses: list[tuple[Iface, str | tuple[str, ...]]],
+         pings: list[str], mtu: int | None = None) -> list[Guest]:
+    """Define and start one guest per interface, all at once, then wait until each is up;
+    an address may be an IPv4 one, or a tuple of an IPv4 one and IPv6 ones. With ``mtu``,
+    each guest sets it on its NIC. Guest.address is the IPv4 one."""
     started = []
-    for iface, address in ifaces_and_addresses:
-        dom, serial = guest.define_guest(conn, cleanup, [iface], {iface.mac: address},
+    for iface, addresses in ifaces_and_addresses:
+        address = addresses if isinstance(addresses, str) else addresses[0]
+        dom, serial = guest.define_guest(conn, cleanup, [iface], {iface.mac: addresses},
                                          [p for p in pings if p != address.split("/")[0]],
-                                         name=unique_name("kt-e2e-"))
+                                         name=unique_name("kt-e2e-"),
+                                         mtus={iface.mac: mtu} if mtu else None)
         dom.create()
         started.append(Guest(dom, serial, iface, address.split("/")[0]))
     for each in started:
@@ -74,6 +87,9 @@ def never_reaches(each: Guest, target: str, rounds: int = 4) -> bool:
     each.serial.wait_for_lines(guest.ping_line(target, ok=False), timeout=60, count=rounds)
     return not any(line.endswith(f"ping {target} ok") for line in each.serial.lines())
 
+
+JUMBO = 9000
+JUMBO_PING = JUMBO - 28  # payload of an unfragmented IPv4 ping of 9000 bytes
 
 ATTACHMENTS = [("bridge", None), ("direct", "bridge"), ("direct", "private"),
                ("direct", "vepa"), ("direct", "passthrough")]
@@ -191,3 +207,78 @@ def test_restored_guest_reaches_the_lan_of_another_nic(libvirt_conn, cleanup, kh
     one.serial.wait_for_lines(guest.ping_line(subnet.ip(3)), timeout=30, after_offset=mark,
                               count=2)
     assert second.lan_ping(one.address, count=3, timeout=2)
+
+
+JUMBO_CASES = [
+    # every device kvmhooks builds takes its NIC's MTU
+    *[(f"nic-is-jumbo-{kind}{'-' + mode if mode else ''}", kind, mode, JUMBO, "")
+      for kind, mode in ATTACHMENTS],
+    # the NIC is not; the uplink's mtu sets it
+    *[(f"uplink-mtu-{kind}{'-' + mode if mode else ''}", kind, mode, None, f"mtu = {JUMBO}\n")
+      for kind, mode in ATTACHMENTS[:2]],
+]
+
+
+@pytest.mark.parametrize("kind, mode, nic_mtu, extra", [case[1:] for case in JUMBO_CASES],
+                         ids=[case[0] for case in JUMBO_CASES])
+def test_jumbo_frames_between_a_guest_and_the_lan(kind, mode, nic_mtu, extra, libvirt_conn,
+                                                  cleanup, kh_config, subnet):
+    """9000-byte frames, unfragmented, both ways: the guest's own pings with 8972 bytes of
+    payload at MTU 9000, and the LAN host's `ping -M do -s 8972`, answered by the guest."""
+    uplink = Uplink(cleanup, kh_config, subnet, bridge=kind == "bridge", shim=False,
+                    mtu=JUMBO, extra=extra)
+    if nic_mtu is None:
+        set_mtu(uplink.nic.name, 1500)  # the LAN takes jumbo frames, the NIC is not set so
+    (one,) = boot(libvirt_conn, cleanup, [(uplink.iface(kind, mode), subnet.addr(11))],
+                  [f"{uplink.lan}@{JUMBO_PING}"], mtu=JUMBO)
+    assert reaches(one, f"{uplink.lan}@{JUMBO_PING}"), "guest -> LAN host, 9000 bytes"
+    assert uplink.nic.lan_ping(one.address, count=3, timeout=2, size=JUMBO_PING), \
+        "LAN host -> guest, 9000 bytes, do not fragment"
+    assert not uplink.nic.lan_ping(one.address, timeout=2, size=JUMBO_PING + 1), \
+        "a frame over 9000 bytes does not pass: the path is 9000, not more"
+
+
+def test_a_four_queue_guest_on_a_hook_owned_tap(libvirt_conn, cleanup, kh_config, subnet):
+    uplink = Uplink(cleanup, kh_config, subnet, bridge=True, shim=False)
+    iface = replace(uplink.iface("bridge"), queues=4)
+    (one,) = boot(libvirt_conn, cleanup, [(iface, subnet.addr(11))], [uplink.lan])
+    with open(f"/sys/class/net/{iface.hook_owned_dev}/tun_flags") as flags:
+        assert int(flags.read(), 16) & IFF_MULTI_QUEUE
+    assert reaches(one, uplink.lan), "guest -> LAN host"
+    assert uplink.nic.lan_ping(one.address, count=3, timeout=2), "LAN host -> guest"
+
+
+@pytest.mark.parametrize("kind, mode", ATTACHMENTS,
+                         ids=[f"{k}{'-' + m if m else ''}" for k, m in ATTACHMENTS])
+def test_guest_and_lan_host_reach_each_other_over_ipv6(kind, mode, libvirt_conn, cleanup,
+                                                       kh_config, subnet):
+    """Neighbour discovery through what kvmhooks built. The LAN host asks first, while
+    the guest has sent it nothing: its solicitation for the guest's address is multicast,
+    which a macvtap passes only when it takes all multicast (kvmhooks makes its macvtaps
+    so)."""
+    subnet6 = pick_subnet6()
+    uplink = Uplink(cleanup, kh_config, subnet, bridge=kind == "bridge", shim=False,
+                    lan_addresses=(subnet6.addr(LAN_HOST),))
+    (one,) = boot(libvirt_conn, cleanup,
+                  [(uplink.iface(kind, mode), (subnet.addr(11), subnet6.addr(11)))], [])
+    assert uplink.nic.lan_ping(subnet6.ip(11), count=3, timeout=2), \
+        "LAN host -> guest over IPv6"
+    assert uplink.nic.lan_ping(one.address, count=3, timeout=2), "and over IPv4"
+
+
+def test_host_reaches_a_macvtap_guest_over_ipv6_through_a_dual_stack_shim(
+        libvirt_conn, cleanup, kh_config, subnet):
+    """The NIC holds addresses in both of the shim's prefixes: its routes for them step
+    back behind the shim's, IPv6 as IPv4 (a macvtap never hears its lower device)."""
+    subnet6 = pick_subnet6()
+    uplink = Uplink(cleanup, kh_config, subnet, bridge=False, shim=False,
+                    lan_addresses=(subnet6.addr(LAN_HOST),),
+                    host_addresses=(subnet.addr(SHIM), subnet6.addr(SHIM)),
+                    nic_addresses=(NicAddress(subnet6.addr(1), flags=IFA_F_NODAD),))
+    (one,) = boot(libvirt_conn, cleanup,
+                  [(uplink.iface("direct", "bridge"), (subnet.addr(11), subnet6.addr(11)))],
+                  [])
+    assert ping(subnet6.ip(11), count=3, timeout=2), "host -> guest over IPv6, via the shim"
+    assert ping(one.address, count=3, timeout=2), "and over IPv4"
+    assert ping(subnet6.ip(LAN_HOST)), "the host still reaches its LAN over IPv6"
+    assert uplink.nic.lan_ping(subnet6.ip(SHIM)), "the LAN reaches the shim over IPv6"

@@ -94,6 +94,7 @@ class Iface:
     native: bool = False
     source: str | None = None  # native source: bridge name or direct dev; None: none written
     source_mode: str | None = None  # native direct <source mode>; None: the entry's mode
+    queues: int = 1  # more than 1: <driver queues='N'/>
 
     @property
     def hook_owned_dev(self) -> str:
@@ -107,6 +108,12 @@ class Iface:
         return self.entry().render()
 
     def device(self) -> str:
+        xml = self._device()
+        if self.queues == 1:
+            return xml
+        return xml.replace("</interface>", f'  <driver queues="{self.queues}"/>\n    </interface>')
+
+    def _device(self) -> str:
         if not self.native:
             return hook_owned(self.mac)
         if self.kind == "bridge":

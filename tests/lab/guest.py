@@ -4,15 +4,20 @@ For end-to-end and NIC-event tests.  A guest is a Debian cloud kernel plus a
 busybox-static initramfs whose ``/init`` is configured only by the kernel
 command line:
 
-``kh.ip=MAC=ADDR/LEN`` (repeatable, one per NIC)
+``kh.ip=MAC=ADDR/LEN`` (repeatable: one IPv4 address per NIC, IPv6 ones besides)
     every 0.5 s, each interface with that MAC that has no IPv4 address yet
     (a NIC that was hot-plugged again is a new interface) gets the address
     and is set up; the guest prints ``KH nic <ifname> <mac> up``, and
     ``KH ready`` once, when all of them are configured (at once when there
     are none).  ``KH nic <ifname> <mac> gone`` when a configured one vanishes.
-``kh.ping=ADDR`` (repeatable)
-    every round (0.5 s apart) each target is pinged once, in parallel, with a
-    1 s timeout, and the guest prints ``KH t=<uptime> ping <addr> ok|fail``.
+    An IPv6 address is added, without duplicate address detection, to the
+    interface with that MAC that lacks it.
+``kh.mtu=MAC=MTU``
+    the interface with that MAC gets this MTU before its IPv4 address.
+``kh.ping=ADDR`` or ``kh.ping=ADDR@SIZE`` (repeatable, IPv4 or IPv6)
+    every round (0.5 s apart) each target is pinged once (with SIZE payload
+    bytes when given), in parallel, with a 1 s timeout, and the guest prints
+    ``KH t=<uptime> ping <target> ok|fail``.
 
 The guest answers pings itself (the kernel does).  Lines go to the first
 serial port, which the domain (:func:`guest_domain_xml`) sends to a file that
@@ -81,7 +86,8 @@ IMAGE_FORMAT = 1
 
 INIT_SCRIPT = r"""#!/bin/busybox sh
 # kvmhooks lab guest.  Configured by the kernel command line only:
-#   kh.ip=MAC=ADDR/LEN (one per NIC)   kh.ping=ADDR (targets pinged every round)
+#   kh.ip=MAC=ADDR/LEN (IPv4 one per NIC, IPv6 besides)   kh.mtu=MAC=MTU
+#   kh.ping=ADDR[@SIZE] (targets pinged every round)
 /bin/busybox mkdir -p /proc /sys /dev /tmp /run /sbin /usr/bin /usr/sbin
 /bin/busybox --install -s
 mount -t proc proc /proc
@@ -97,16 +103,26 @@ done </lib/modules/kh-order
 ip link set lo up
 
 IPS=""
+MTUS=""
 PINGS=""
 for w in $(cat /proc/cmdline); do
     case "$w" in
     kh.ip=*=*)
         v=${w#kh.ip=}
         IPS="$IPS $(echo "${v%%=*}" | tr A-F a-f)=${v#*=}" ;;
+    kh.mtu=*=*)
+        v=${w#kh.mtu=}
+        MTUS="$MTUS $(echo "${v%%=*}" | tr A-F a-f)=${v#*=}" ;;
     kh.ping=*)
         PINGS="$PINGS ${w#kh.ping=}" ;;
     esac
 done
+
+mtu_of() {
+    for m in $MTUS; do
+        [ "${m%%=*}" = "$1" ] && echo "${m#*=}"
+    done
+}
 
 ready=""
 known=""
@@ -121,13 +137,25 @@ while :; do
             read -r a 2>/dev/null <"$d/address"
             [ "$a" = "$mac" ] || continue
             n=${d##*/}
-            if ip -4 addr show dev "$n" 2>/dev/null | grep -q "inet "; then
-                have=1
-            elif ip addr add "$cidr" dev "$n" && ip link set "$n" up; then
-                echo "KH nic $n $mac up"
-                known="$known $n=$mac"
-                have=1
-            fi
+            case "$cidr" in
+            *:*)
+                if ip -6 addr show dev "$n" 2>/dev/null | grep -q "inet6 ${cidr%/*}/"; then
+                    have=1
+                else
+                    echo 0 >"/proc/sys/net/ipv6/conf/$n/accept_dad"
+                    ip addr add "$cidr" dev "$n" && ip link set "$n" up && have=1
+                fi ;;
+            *)
+                mtu=$(mtu_of "$mac")
+                if ip -4 addr show dev "$n" 2>/dev/null | grep -q "inet "; then
+                    have=1
+                elif { [ -z "$mtu" ] || ip link set "$n" mtu "$mtu"; } &&
+                        ip addr add "$cidr" dev "$n" && ip link set "$n" up; then
+                    echo "KH nic $n $mac up"
+                    known="$known $n=$mac"
+                    have=1
+                fi ;;
+            esac
         done
         [ -n "$have" ] || all=""
     done
@@ -146,7 +174,9 @@ while :; do
     fi
     for t in $PINGS; do
         (
-            if ping -c 1 -W 1 "$t" >/dev/null 2>&1; then r=ok; else r=fail; fi
+            size=""
+            [ "${t%@*}" = "$t" ] || size="-s ${t#*@}"
+            if ping -c 1 -W 1 $size "${t%@*}" >/dev/null 2>&1; then r=ok; else r=fail; fi
             read -r up _ </proc/uptime
             echo "KH t=$up ping $t $r"
         ) &
@@ -396,18 +426,25 @@ class _Cpio:
 # Domains
 
 
-def guest_cmdline(ips: dict[str, str], pings: list[str] | tuple[str, ...] = ()) -> str:
-    """The kernel command line for ``ips`` ({mac: 'addr/len'}) and ``pings``."""
+def guest_cmdline(ips: dict[str, str | tuple[str, ...]], pings: list[str] | tuple[str, ...] = (),
+                  mtus: dict[str, int] | None = None) -> str:
+    """The kernel command line for ``ips`` ({mac: 'addr/len'}, or {mac: (IPv4 'addr/len',
+    IPv6 'addr/len', ...)}), ``pings`` ('addr' or 'addr@size') and ``mtus`` ({mac: mtu})."""
     parts = [BASE_CMDLINE]
-    for mac, cidr in ips.items():
+    for mac, cidrs in ips.items():
         if not re.fullmatch(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}", mac):
             raise ValueError(f"bad MAC {mac!r}")
-        iface = ipaddress.ip_interface(cidr)
-        if iface.version != 4 or "/" not in cidr:
-            raise ValueError(f"need an IPv4 'addr/len', got {cidr!r}")
-        parts.append(f"kh.ip={mac.lower()}={iface.with_prefixlen}")
-    for addr in pings:
-        parts.append(f"kh.ping={ipaddress.ip_address(addr)}")
+        cidrs = (cidrs,) if isinstance(cidrs, str) else cidrs
+        ifaces = [ipaddress.ip_interface(cidr) for cidr in cidrs]
+        if [iface.version for iface in ifaces].count(4) != 1 or \
+                not all("/" in cidr for cidr in cidrs):
+            raise ValueError(f"need one IPv4 'addr/len' and IPv6 ones, got {cidrs!r}")
+        parts += [f"kh.ip={mac.lower()}={iface.with_prefixlen}" for iface in ifaces]
+    for mac, mtu in (mtus or {}).items():
+        parts.append(f"kh.mtu={mac.lower()}={int(mtu)}")
+    for target in pings:
+        addr, _, size = target.partition("@")
+        parts.append(f"kh.ping={ipaddress.ip_address(addr)}" + (f"@{int(size)}" if size else ""))
     return " ".join(parts)
 
 
@@ -418,13 +455,14 @@ def guest_domain_xml(
     pings: list[str] | tuple[str, ...] = (),
     *,
     memory_mib: int = 128,
+    mtus: dict[str, int] | None = None,
 ) -> str:
     """The lab domain (domains.domain_xml) of a booting TCG guest (type='qemu') with
     ``ifaces``, running the lab image with ``ips`` ({mac: 'addr/len'}) and ``pings`` on
     its command line; serial output goes to domains.serial_log_path(name)."""
     kernel, initrd = ensure_image()
     return domain_xml(name, ifaces, virt_type="qemu", memory_mib=memory_mib, kernel=kernel,
-                      initrd=initrd, cmdline=guest_cmdline(ips, pings))
+                      initrd=initrd, cmdline=guest_cmdline(ips, pings, mtus))
 
 
 def define_guest(
@@ -436,12 +474,13 @@ def define_guest(
     *,
     name: str | None = None,
     memory_mib: int = 128,
+    mtus: dict[str, int] | None = None,
 ):
     """Define (not start) a lab guest (:func:`guest_domain_xml`), named ``name`` or
     ``kt-g-...``; cleanup removes it and its logs. Returns (virDomain, its SerialLog)."""
     name = name or unique_name("kt-g-")
-    dom = define(conn, guest_domain_xml(name, ifaces, ips, pings, memory_mib=memory_mib),
-                 cleanup)
+    dom = define(conn, guest_domain_xml(name, ifaces, ips, pings, memory_mib=memory_mib,
+                                        mtus=mtus), cleanup)
     return dom, SerialLog(serial_log_path(name))
 
 

@@ -327,6 +327,11 @@ def remove_netns(name: str) -> None:
         netns.remove(name)
 
 
+def set_mtu(name: str, mtu: int, ns: str | None = None) -> None:
+    with _ipr(ns) as ipr:
+        ipr.link("set", index=ipr.link_lookup(ifname=name)[0], mtu=mtu)
+
+
 def ping(address: str, ns: str | None = None, count: int = 1, timeout: float = 2.0,
          size: int | None = None) -> bool:
     """True when ``address`` answers a ping (from the host, or from inside ``ns``); with

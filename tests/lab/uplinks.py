@@ -31,11 +31,12 @@ class LabUplink:
 
 def lab_uplink(cleanup: Cleanup, nic: str | None = None, *, bridge: bool | str = False,
                host_address: str | None = None, selector: str | None = None,
-               extra: str = "") -> LabUplink:
+               extra: str = "", host_addresses: tuple[str, ...] = ()) -> LabUplink:
     """An uplink on the NIC named ``nic`` (or as ``selector``, a TOML line such as
     ``mac = "..."``), with a new bridge (``bridge=True``) or the named one, a shim with
-    ``host_address``, and ``extra`` TOML lines. A new bridge and the shim are removed at
-    cleanup; a named bridge is the test's to remove."""
+    ``host_address`` (or ``host_addresses``, written as a list), and ``extra`` TOML
+    lines. A new bridge and the shim are removed at cleanup; a named bridge is the test's
+    to remove."""
     name = uplink_name()
     bridge_name = unique_name("ktbr") if bridge is True else (bridge or None)
     lines = [f"[uplink.{name}]", selector or f'nic = "{nic}"']
@@ -43,9 +44,12 @@ def lab_uplink(cleanup: Cleanup, nic: str | None = None, *, bridge: bool | str =
         lines.append(f'bridge = "{bridge_name}"')
     if host_address:
         lines.append(f'host_address = "{host_address}"')
+    elif host_addresses:
+        quoted = ", ".join(f'"{address}"' for address in host_addresses)
+        lines.append(f"host_address = [{quoted}]")
     if bridge is True:
         delete_link_later(cleanup, bridge_name)
-    if host_address:
+    if host_address or host_addresses:
         delete_link_later(cleanup, shim_name(name))
     table = "\n".join(lines) + "\n" + extra
     return LabUplink(name, bridge_name, table)

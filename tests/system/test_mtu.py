@@ -5,10 +5,9 @@ NIC, the bridge and everything on them."""
 from __future__ import annotations
 
 import pytest
-from pyroute2 import IPRoute
 
 from tests.lab.domains import Iface, domain_xml
-from tests.lab.links import link_info, ping
+from tests.lab.links import link_info, ping, set_mtu
 from tests.lab.names import guest_mac, unique_name
 from tests.lab.nic import StandInNic
 from tests.lab.uplinks import lab_uplink
@@ -18,11 +17,6 @@ pytestmark = pytest.mark.system
 
 JUMBO = 9000
 JUMBO_PING = JUMBO - 28  # payload of an unfragmented IPv4 ping of 9000 bytes
-
-
-def set_mtu(name: str, mtu: int) -> None:
-    with IPRoute() as ipr:
-        ipr.link("set", index=ipr.link_lookup(ifname=name)[0], mtu=mtu)
 
 
 def start_guest(conn, cleanup, uplink: str, bridged: bool) -> list[Iface]:

@@ -41,7 +41,7 @@ SHIM_ADDRESS = Address("198.18.5.2/24")
     (CreateBridge("br-lan", None, "kvmhooks:bridge:lan"), DeleteLink("br-lan", "undo")),
     (CreateTap("kh1", MAC1, "br-lan", "m"), DeleteLink("kh1", "undo")),
     (CreateMacvtap("kh1", MAC1, "eth1", "private", "m"), DeleteLink("kh1", "undo")),
-    (CreateShim("kh-lan", "eth1", SHIM_ADDRESS, "m", "02:00:00:00:00:01", 1500),
+    (CreateShim("kh-lan", "eth1", (SHIM_ADDRESS,), "m", "02:00:00:00:00:01", 1500),
      DeleteLink("kh-lan", "undo")),
     (SetUp("eth1"), SetDown("eth1")),
     (SetDown("eth1"), SetUp("eth1")),
@@ -91,7 +91,7 @@ FORWARD = [
     ("move_route", ROUTE, "br-lan"),
     ("set_master", "eth1", "br-lan"),
     ("del_address", "eth1", ADDRESS),
-    ("create_tap", "kh1", "fe:54:00:6b:3c:01", "br-lan", "kvmhooks:guest:u", 9000),
+    ("create_tap", "kh1", "fe:54:00:6b:3c:01", "br-lan", "kvmhooks:guest:u", 9000, False),
 ]
 
 

@@ -34,7 +34,7 @@ def test_full_example():
     parsed = make_config(FULL)
     lan, san, pci = parsed.uplinks["lan"], parsed.uplinks["san"], parsed.uplinks["pci"]
     assert (lan.nic, lan.bridge, lan.shim) == ("ens32", "br-lan", "kh-lan")
-    assert lan.host_address == ipaddress.ip_interface("198.18.5.10/24")
+    assert lan.host_addresses == (ipaddress.ip_interface("198.18.5.10/24"),)
     assert lan.domains == ("web-*", "db1")
     assert san.mac == "02:00:c6:12:06:01" and san.bridge is None and san.domains is None
     assert pci.path == "pci-0000:03:00.0"
@@ -61,6 +61,13 @@ def _error(text: str) -> ConfigError:
     return caught.value
 
 
+def test_host_address_takes_a_list_ipv4_and_ipv6():
+    lan = make_config('[uplink.lan]\nnic = "eth1"\n'
+                      'host_address = ["198.18.5.10/24", "2001:db8:5::10/64"]\n').uplinks["lan"]
+    assert lan.host_addresses == (ipaddress.ip_interface("198.18.5.10/24"),
+                                  ipaddress.ip_interface("2001:db8:5::10/64"))
+
+
 def test_toml_syntax_error_has_its_line():
     error = _error('[uplink.lan]\nnic = "eth1"\nbridge = "br-lan\n')
     assert error.line == 3 and str(error).startswith(f"{CONFIG_PATH}:3: TOML syntax error")
@@ -79,6 +86,14 @@ def test_toml_syntax_error_has_its_line():
      3, "needs a prefix length"),
     ('[uplink.lan]\nnic = "eth1"\nhost_address = "198.18.5.300/24"\n',
      "uplink.lan.host_address", 3, "not an address with prefix"),
+    ('[uplink.lan]\nnic = "eth1"\nhost_address = []\n', "uplink.lan.host_address", 3,
+     "non-empty list"),
+    ('[uplink.lan]\nnic = "eth1"\nhost_address = ["198.18.5.10/24", 5]\n',
+     "uplink.lan.host_address", 3, "must be a non-empty string"),
+    ('[uplink.lan]\nnic = "eth1"\nhost_address = ["2001:db8::a/64", "2001:db8::A/64"]\n',
+     "uplink.lan.host_address", 3, "'2001:db8::A/64' is listed twice"),
+    ('[uplink.lan]\nnic = "eth1"\nhost_address = ["198.18.5.10/24", "2001:db8::a"]\n',
+     "uplink.lan.host_address", 3, "'2001:db8::a' needs a prefix length"),
     ('[uplink.lan]\nnic = "eth1"\ndomains = "web-*"\n', "uplink.lan.domains", 3,
      "must be a list"),
     ('[uplink.lan]\nnic = 5\n', "uplink.lan.nic", 2, "must be a non-empty string"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from kvmhooks import netlink
 from kvmhooks.inventory import (
     Address,
     Inventory,
@@ -58,3 +59,16 @@ def test_journal_marks_are_pending_until_the_kernel_has_them():
     assert marked.by_name("kh-lan").alias == "kvmhooks:shim:lan"
     assert marked.by_name("kh-lan").mark_pending
     assert marked.by_name("br-lan") == inventory.by_name("br-lan")
+
+
+@pytest.mark.parametrize("data, expected", [
+    # pyroute2 0.5 leaves a tun's IFLA_INFO_DATA undecoded: a dump of a 4-queue tap.
+    ("05:00:03:00:02:00:00:00:05:00:04:00:00:00:00:00:05:00:05:00:01:00:00:00:"
+     "05:00:06:00:01:00:00:00:05:00:07:00:01:00:00:00:08:00:08:00:04:00:00:00", True),
+    ("05:00:03:00:02:00:00:00:05:00:07:00:00:00:00:00", False),
+    ("05:00:03:00:02:00:00:00", None),
+    ("", None),
+    (None, None),
+])
+def test_the_queue_flag_of_a_tun_from_undecoded_data(data, expected):
+    assert netlink._multi_queue(data) is expected

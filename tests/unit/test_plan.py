@@ -152,7 +152,8 @@ def test_own_shim_on_the_nic_moves_to_the_new_bridge():
     assert actions[1] == DeleteLink("kh-lan", "shim moves to the bridge")
     assert SetMaster("eth1", "br-lan", None) in actions
     shims = [a for a in actions if isinstance(a, CreateShim)]
-    assert shims == [CreateShim("kh-lan", "br-lan", SHIM_ADDRESS, shim_mark("lan"), SHIM_MAC, MTU)]
+    assert shims == [CreateShim("kh-lan", "br-lan", (SHIM_ADDRESS,), shim_mark("lan"),
+                                SHIM_MAC, MTU)]
     assert actions.index(DeleteLink("kh-lan", "shim moves to the bridge")) < \
         actions.index(SetMaster("eth1", "br-lan", None))
 
@@ -166,7 +167,7 @@ def test_own_shim_on_the_nic_moves_to_the_new_bridge():
 def test_shim_created_on_the_lower_device(config_text, host, parent):
     plan = prepare(config_text, host, meta(MAC1, "direct", uplink="lan"), hook_owned(MAC1))
     assert plan.actions == (
-        CreateShim("kh-lan", parent, SHIM_ADDRESS, shim_mark("lan"), SHIM_MAC, MTU),
+        CreateShim("kh-lan", parent, (SHIM_ADDRESS,), shim_mark("lan"), SHIM_MAC, MTU),
         CreateMacvtap(TAP1, MAC1, parent, "bridge", MARK, MTU),
     )
 
@@ -183,7 +184,7 @@ def _shim_host(**fields) -> Host:
     ({"up": False}, (SetUp("kh-lan"),)),
     ({"mode": "private"}, (DeleteLink("kh-lan", "shim of uplink 'lan' is not a bridge-mode "
                                       "macvlan on eth1"),
-                           CreateShim("kh-lan", "eth1", SHIM_ADDRESS, shim_mark("lan"),
+                           CreateShim("kh-lan", "eth1", (SHIM_ADDRESS,), shim_mark("lan"),
                                       SHIM_MAC, MTU))),
 ])
 def test_existing_shim(fields, expected):
@@ -588,7 +589,7 @@ def test_devices_take_their_lower_devices_mtu():
     plan = prepare(LAN_BRIDGE_SHIM, host, *tap_on_bridge(),
                    meta(MAC2, "direct", uplink="lan"), hook_owned(MAC2))
     assert plan.actions[0] == CreateBridge("br-lan", NIC_MAC, bridge_mark("lan"), 9000)
-    assert CreateShim("kh-lan", "br-lan", SHIM_ADDRESS, shim_mark("lan"), SHIM_MAC,
+    assert CreateShim("kh-lan", "br-lan", (SHIM_ADDRESS,), shim_mark("lan"), SHIM_MAC,
                       9000) in plan.actions
     assert plan.actions[-2:] == (CreateTap(TAP1, TAP1_MAC, "br-lan", MARK, 9000),
                                  CreateMacvtap(TAP2, MAC2, "br-lan", "bridge", MARK, 9000))
@@ -629,7 +630,7 @@ def test_a_shim_with_another_mac_is_rebuilt():
     assert actions.actions == (
         DeleteLink("kh-lan", f"shim of uplink 'lan' has MAC 02:00:00:00:00:42, not its own "
                              f"{SHIM_MAC}"),
-        CreateShim("kh-lan", "eth1", SHIM_ADDRESS, shim_mark("lan"), SHIM_MAC, MTU))
+        CreateShim("kh-lan", "eth1", (SHIM_ADDRESS,), shim_mark("lan"), SHIM_MAC, MTU))
 
 
 def _away_host(bridge_mac: str) -> Host:
@@ -650,9 +651,95 @@ def test_a_shim_keeps_its_mac_while_its_nic_is_away():
 def test_a_shim_built_while_its_nic_is_away_is_named_by_the_bridges_mac():
     host = Host().bridge("br-lan", alias=bridge_mark("lan"))
     plan = prepare(LAN_BRIDGE_SHIM, host, *tap_on_bridge())
-    assert plan.actions[0] == CreateShim("kh-lan", "br-lan", SHIM_ADDRESS, shim_mark("lan"),
+    assert plan.actions[0] == CreateShim("kh-lan", "br-lan", (SHIM_ADDRESS,), shim_mark("lan"),
                                          SHIM_MAC, MTU)
 
 
 def test_an_ipv6_shim_address_skips_duplicate_address_detection():
     assert shim_address("2001:2::5/64").flags == 0x2 and shim_address("198.18.5.2/24").flags == 0
+
+
+# --- multi-queue taps -------------------------------------------------------------------
+
+def multi_queue_tap(queues: str = "4") -> str:
+    """The hook-owned form of MAC1 with <driver queues=...>."""
+    return hook_owned(MAC1).replace('<model type="virtio"/>',
+                                    f'<model type="virtio"/>\n      <driver queues="{queues}"/>')
+
+
+def test_a_tap_for_several_queues_is_made_multi_queue():
+    plan = prepare(LAN_BRIDGE, bridged_host(), meta(MAC1, "bridge", uplink="lan"),
+                   multi_queue_tap())
+    assert plan.actions == (CreateTap(TAP1, TAP1_MAC, "br-lan", MARK, MTU, True),)
+    assert plan.actions[0].describe().endswith(", multi-queue")
+
+
+def test_one_queue_is_a_plain_tap():
+    plan = prepare(LAN_BRIDGE, bridged_host(), meta(MAC1, "bridge", uplink="lan"),
+                   multi_queue_tap("1"))
+    assert plan.actions == (CreateTap(TAP1, TAP1_MAC, "br-lan", MARK, MTU, False),)
+
+
+@pytest.mark.parametrize("made_multi_queue, queues", [(False, "4"), (True, "1")])
+def test_a_left_tap_with_the_other_queue_flag_is_rebuilt(made_multi_queue, queues):
+    # qemu cannot open a persistent tap with another queue flag than it was made with.
+    host = bridged_host().tap(TAP1, TAP1_MAC, "br-lan", multi_queue=made_multi_queue)
+    plan = prepare(LAN_BRIDGE, host, meta(MAC1, "bridge", uplink="lan"),
+                   multi_queue_tap(queues))
+    assert plan.actions == (
+        DeleteLink(TAP1, "left from an earlier start, rebuilt"),
+        CreateTap(TAP1, TAP1_MAC, "br-lan", MARK, MTU, queues != "1"),
+    )
+
+
+def test_a_left_tap_whose_queue_flag_is_unknown_is_kept():
+    host = bridged_host().tap(TAP1, TAP1_MAC, "br-lan")
+    plan = prepare(LAN_BRIDGE, host, meta(MAC1, "bridge", uplink="lan"), multi_queue_tap())
+    assert plan.actions == ()
+
+
+def test_queues_that_are_not_a_number_are_refused():
+    with pytest.raises(MetadataError, match=r"domain web1 .*52:54:00:6b:3c:01.*"
+                                            r"<driver queues='four'> is not a positive number"):
+        prepare(LAN_BRIDGE, bridged_host(), meta(MAC1, "bridge", uplink="lan"),
+                multi_queue_tap("four"))
+
+
+# --- a dual-stack shim ------------------------------------------------------------------
+
+LAN_DUAL_STACK = LAN + 'host_address = ["198.18.5.2/24", "2001:db8:5::2/64"]\n'
+SHIM_ADDRESS6 = shim_address("2001:db8:5::2/64")
+# The kernel's prefix route for 2001:db8:5::1/64 on the NIC, as netlink.py reads it.
+PREFIX_ROUTE6 = Route("2001:db8:5::/64", 10, priority=256, protocol=2, scope=0)
+
+
+def test_a_dual_stack_shim_carries_both_addresses():
+    plan = prepare(LAN_DUAL_STACK, Host().nic("eth1"), meta(MAC1, "direct", uplink="lan"),
+                   hook_owned(MAC1))
+    assert plan.actions[0] == CreateShim("kh-lan", "eth1", (SHIM_ADDRESS, SHIM_ADDRESS6),
+                                         shim_mark("lan"), SHIM_MAC, MTU)
+    assert plan.actions[0].describe() == (
+        f"create shim kh-lan (macvlan bridge mode) on eth1 with MAC {SHIM_MAC} and "
+        f"198.18.5.2/24, 2001:db8:5::2/64, MTU {MTU}, announced")
+
+
+def test_a_shim_gains_the_ipv6_address_the_config_added():
+    plan = prepare(LAN_DUAL_STACK, _shim_host(), meta(MAC1, "direct", uplink="lan"),
+                   native_direct(MAC1, "eth1", "bridge"))
+    assert plan.actions == (AddAddress("kh-lan", SHIM_ADDRESS6),)
+
+
+def test_the_lower_devices_ipv6_route_for_the_shims_prefix_is_demoted():
+    host = Host().nic("eth1", addresses=("198.18.5.1/24", "2001:db8:5::1/64"),
+                      prefix_routes=(PREFIX_ROUTE, PREFIX_ROUTE6))
+    actions = prepare(LAN_DUAL_STACK, host, meta(MAC1, "direct", uplink="lan"),
+                      hook_owned(MAC1)).actions
+    assert SetRouteMetric(PREFIX_ROUTE, "eth1", 1024) in actions
+    assert SetRouteMetric(PREFIX_ROUTE6, "eth1", 1024 + 256) in actions
+
+
+def test_an_ipv6_prefix_the_plan_moves_to_a_new_bridge_is_demoted_there():
+    host = Host().nic("eth1", addresses=("2001:db8:5::1/64",), prefix_routes=(PREFIX_ROUTE6,))
+    actions = prepare(LAN_BRIDGE + 'host_address = "2001:db8:5::2/64"\n', host,
+                      *tap_on_bridge()).actions
+    assert SetRouteMetric(PREFIX_ROUTE6, "br-lan", 1024 + 256) in actions

@@ -340,9 +340,13 @@ def config_specs(draw, min_uplinks: int = 0):
         if draw(st.booleans()) and bridge != fields.get("nic"):
             fields["bridge"] = bridge
             body["bridge"] = toml_string(bridge)
-        if draw(st.booleans()):
-            fields["host_address"] = draw(interfaces)
-            body["host_address"] = toml_string(str(fields["host_address"]))
+        addresses = draw(st.lists(interfaces, max_size=3, unique_by=lambda a: a.ip))
+        if addresses and len(addresses) == 1 and draw(st.booleans()):
+            fields["host_addresses"] = tuple(addresses)
+            body["host_address"] = toml_string(str(addresses[0]))
+        elif addresses:
+            fields["host_addresses"] = tuple(addresses)
+            body["host_address"] = "[" + ", ".join(toml_string(str(a)) for a in addresses) + "]"
         if draw(st.booleans()):
             domains = draw(st.lists(st.text(min_size=1, max_size=10), max_size=4))
             fields["domains"] = tuple(domains)

@@ -106,7 +106,7 @@ def test_shared_actions_of_several_uplinks():
         CreateBridge("br-lan", NIC_MAC, bridge_mark("lan"), 1500),
         SetMaster("eth1", "br-lan", None),
         SetUp("eth2"),
-        CreateShim("kh-wan", "eth2", shim_address("198.18.7.2/24"), shim_mark("wan"),
+        CreateShim("kh-wan", "eth2", (shim_address("198.18.7.2/24"),), shim_mark("wan"),
                    shim_mac("wan", WAN_MAC), 1500),
     )
     assert plan.resolutions == tuple(resolutions)
