@@ -111,6 +111,7 @@ def _domain_in_line(session: HostSession, dom, config) -> list[str]:
         else:
             session.virt.replug(dom, change.mac, serialize(old),
                                 serialize(replugged_interface(old, change.wanted)))
+            state.count("replugs")
         lines.append(f"domain {name}: running guest: {change.describe()}")
     return lines
 
