@@ -228,9 +228,10 @@ def _bring_in_line(args) -> int:
 
 def _status(args) -> int:
     from .engine.admin import status
-    rows, errors = status()
-    for error in errors:
+    report = status()
+    for error in report.errors:
         print(f"kvmhooks: {error}", file=sys.stderr)
+    rows = report.interfaces
     if args.json:
         print(json.dumps([row.as_dict() for row in rows], indent=2))
         return 0
