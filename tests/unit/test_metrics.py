@@ -143,9 +143,9 @@ def host_status(monkeypatch, tmp_path):
     monkeypatch.setattr("kvmhooks.logsetup.SYSLOG_SOCKET", "/nonexistent/log")
     (state_dir / "counters.json").write_text('{"nic_events": 7, "replugs": 2}')
     logger = logging.getLogger("kvmhooks")
-    handlers = list(logger.handlers)
+    handlers, propagate = list(logger.handlers), logger.propagate
     yield
-    logger.handlers[:] = handlers
+    logger.handlers[:], logger.propagate = handlers, propagate
 
 
 def test_prometheus_goes_to_standard_output_and_errors_to_standard_error(host_status, capsys):
