@@ -4,13 +4,16 @@ failure) or 2 (bad input), with one line per error."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
+import tempfile
 
 from . import __version__
 from . import config as config_module
 from .domain import DIRECT_MODES, KINDS, Attachment
-from .errors import KvmhooksError, UsageError
+from .errors import HostError, KvmhooksError, UsageError
 
 # hookclient.py runs alone under `python3 -I -S` and checks NIC events too: their actions
 # live there.
@@ -81,7 +84,14 @@ def _parser() -> argparse.ArgumentParser:
     in_line.set_defaults(run=_bring_in_line)
 
     status = commands.add_parser("status", help="every tagged interface and its state")
-    status.add_argument("--json", action="store_true", help="the rows as JSON")
+    form = status.add_mutually_exclusive_group()
+    form.add_argument("--json", action="store_true", help="the rows as JSON")
+    form.add_argument("--prometheus", action="store_true",
+                      help="interfaces, uplinks and counts in the format of "
+                           "node_exporter's textfile collector")
+    status.add_argument("--output", metavar="FILE",
+                        help="with --prometheus: write FILE (mode 0644) by an atomic "
+                             "rename instead of standard output")
     status.set_defaults(run=_status)
 
     check = commands.add_parser("check-config", help="validate a host config")
@@ -228,9 +238,21 @@ def _bring_in_line(args) -> int:
 
 def _status(args) -> int:
     from .engine.admin import status
-    rows, errors = status()
-    for error in errors:
+    if args.output is not None and not args.prometheus:
+        raise UsageError("status: --output applies only to --prometheus")
+    report = status()
+    for error in report.errors:
         print(f"kvmhooks: {error}", file=sys.stderr)
+    rows = report.interfaces
+    if args.prometheus:
+        from .metrics import exposition
+        from .state import counters
+        text = exposition(report, counters())
+        if args.output is None:
+            sys.stdout.write(text)
+        else:
+            _replace_file(args.output, text)
+        return 0
     if args.json:
         print(json.dumps([row.as_dict() for row in rows], indent=2))
         return 0
@@ -241,3 +263,25 @@ def _status(args) -> int:
     for line in table:
         print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)) + "  " + line[-1])
     return 0
+
+
+def _replace_file(path: str, text: str) -> None:
+    """path holds text, or what it held before: node_exporter may read it at any
+    moment, and a half-written file would be read as it is. The temporary file's name
+    does not end in .prom, which the textfile collector leaves alone."""
+    directory, name = os.path.split(os.path.abspath(path))
+    try:
+        fd, temporary = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+    except OSError as error:
+        raise HostError(f"{path}: {error.strerror}") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as stream:
+            os.fchmod(stream.fileno(), 0o644)  # node_exporter does not run as root
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise HostError(f"{path}: {error.strerror}") from None

@@ -1,18 +1,24 @@
 """The state directory: the host lock that serializes every change kvmhooks makes,
-and the record of what was built for each domain."""
+the record of what was built for each domain, and the counts `status --prometheus`
+reports."""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import stat
+from dataclasses import asdict, dataclass, fields
 
 from .errors import HostError
 
 # hookclient.py runs alone under `python3 -I -S` and reads records too: their paths live there.
 from .hookclient import record_path, state_dir
+
+log = logging.getLogger("kvmhooks")
+COUNTERS_FILE = "counters.json"
 
 
 def state_directory() -> str:
@@ -159,3 +165,63 @@ def has_record(uuid: str) -> bool:
     """Whether the domain's prepare built what it needs and its release has not run:
     under the host lock, whether it runs as far as kvmhooks is concerned."""
     return bool(uuid) and os.path.exists(record_path(_file_name("domain UUID", uuid)))
+
+
+@dataclass(frozen=True)
+class Counters:
+    """What kvmhooks did since boot: the state directory is on tmpfs (/run)."""
+
+    nic_events: int = 0  # NIC events that concerned an uplink's NIC
+    replugs: int = 0  # live detach and attach of a guest's interface, done
+
+
+COUNTER_NAMES = tuple(field.name for field in fields(Counters))
+
+
+def count(name: str) -> None:
+    """Add one to a counter. Several NIC event handlers may count at once: the file is
+    read and replaced under a lock of its own. A count that fails is a warning, never
+    the failure of what it counts."""
+    if name not in COUNTER_NAMES:
+        raise ValueError(f"no counter '{name}'")
+    try:
+        directory = _directory()
+        path = os.path.join(directory, COUNTERS_FILE)
+        with _flock(os.path.join(directory, "counters.lock")):
+            try:
+                counts = asdict(_read_counters(path))
+            except HostError as error:
+                log.warning("%s; counting from 0 again", error)
+                counts = asdict(Counters())
+            counts[name] += 1
+            temporary = path + ".tmp"
+            with open(temporary, "w", encoding="utf-8") as stream:
+                json.dump(counts, stream, sort_keys=True)
+            os.replace(temporary, path)
+    except OSError as error:
+        where = f"{error.filename}: " if error.filename else ""
+        log.warning("counter %s not updated: %s%s", name, where, error.strerror)
+    except HostError as error:
+        log.warning("counter %s not updated: %s", name, error)
+
+
+def counters() -> Counters:
+    """The counts so far; all 0 when nothing was counted since boot."""
+    return _read_counters(os.path.join(state_dir(), COUNTERS_FILE))
+
+
+def _read_counters(path: str) -> Counters:
+    try:
+        with open(path, encoding="utf-8") as stream:
+            counts = json.load(stream)
+    except FileNotFoundError:
+        return Counters()
+    except OSError as error:
+        raise HostError(f"{path}: {error.strerror}") from None
+    except ValueError:  # JSON and UTF-8 errors alike
+        raise HostError(f"{path}: not JSON") from None
+    if not isinstance(counts, dict) or not all(
+            type(counts.get(name, 0)) is int and counts.get(name, 0) >= 0
+            for name in COUNTER_NAMES):
+        raise HostError(f"{path}: not a JSON object of counts")
+    return Counters(**{name: counts.get(name, 0) for name in COUNTER_NAMES})

@@ -1,4 +1,5 @@
-"""What `kvmhooks status` reports for each tagged interface (pure)."""
+"""What `kvmhooks status` reports for each tagged interface, and for each uplink's shared
+devices (pure)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from .devices import guest_link, link_problem
 from .domain import Domain, TaggedInterface
 from .errors import KvmhooksError
 from .inventory import Inventory
+from .names import shim_mark
 from .resolve import Resolution, resolve, uplink_for
 from .sources import source_change
 
@@ -92,3 +94,46 @@ def orphan_status(inventory: Inventory, running_uuids: set[str],
         device=link.name, state="orphan",
         reason="kvmhooks made it for a domain that does not run; 'kvmhooks apply' "
                "removes it") for link, uuid in inventory.orphans(running_uuids)]
+
+
+@dataclass(frozen=True)
+class UplinkStatus:
+    """An uplink's shared devices on this host: its NIC, its bridge and its shim."""
+
+    uplink: str
+    nic: str  # the NIC found; when none is, the configured name ("" for mac or path)
+    nic_present: bool
+    bridge: str | None = None  # None: the uplink has no bridge
+    bridge_present: bool = False
+    shim: str | None = None  # None: the uplink has no host_address, so no shim
+    shim_present: bool = False
+
+
+@dataclass(frozen=True)
+class HostStatus:
+    """Everything `kvmhooks status` reports; errors: the domains whose XML could not be
+    read (their interfaces have no rows)."""
+
+    interfaces: tuple[InterfaceStatus, ...] = ()
+    uplinks: tuple[UplinkStatus, ...] = ()
+    errors: tuple[KvmhooksError, ...] = ()
+
+
+def uplink_status(config: Config, inventory: Inventory) -> list[UplinkStatus]:
+    """One row per uplink of the config, by name. A bridge counts when a bridge of that
+    name exists (kvmhooks' or an administrator's); a shim when kvmhooks' own does."""
+    rows = []
+    for name in sorted(config.uplinks):
+        uplink = config.uplinks[name]
+        try:
+            nic = resolve(uplink, inventory).nic
+        except KvmhooksError:  # absent, or a selector that matches several links
+            nic = None
+        bridge = inventory.by_name(uplink.bridge) if uplink.bridge else None
+        shim = inventory.by_name(uplink.shim) if uplink.host_address is not None else None
+        rows.append(UplinkStatus(
+            uplink=name, nic=nic or uplink.nic or "", nic_present=nic is not None,
+            bridge=uplink.bridge, bridge_present=bridge is not None and bridge.kind == "bridge",
+            shim=uplink.shim if uplink.host_address is not None else None,
+            shim_present=shim is not None and shim.alias == shim_mark(name)))
+    return rows

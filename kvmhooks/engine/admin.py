@@ -19,7 +19,13 @@ from ..rewrite import (
     retargeted_interface,
     write_sources,
 )
-from ..status import InterfaceStatus, domain_status, orphan_status
+from ..status import (
+    HostStatus,
+    InterfaceStatus,
+    domain_status,
+    orphan_status,
+    uplink_status,
+)
 from ..xmlsafe import serialize
 from . import hooks
 from .session import HostSession
@@ -111,6 +117,7 @@ def _domain_in_line(session: HostSession, dom, config) -> list[str]:
         else:
             session.virt.replug(dom, change.mac, serialize(old),
                                 serialize(replugged_interface(old, change.wanted)))
+            state.count("replugs")
         lines.append(f"domain {name}: running guest: {change.describe()}")
     return lines
 
@@ -136,9 +143,9 @@ def _running_uuids(virt) -> set[str]:
     return {dom.UUIDString().lower() for dom in virt.domains() if virt.running(dom)}
 
 
-def status() -> tuple[list[InterfaceStatus], list[KvmhooksError]]:
-    """Every tagged interface of every domain, and kvmhooks' orphaned devices; with the
-    error of each domain whose XML could not be read."""
+def status() -> HostStatus:
+    """Every tagged interface of every domain, kvmhooks' orphaned devices and the
+    uplinks' shared devices; with the error of each domain whose XML could not be read."""
     config = config_module.load()
     rows: list[InterfaceStatus] = []
     errors: list[KvmhooksError] = []
@@ -159,4 +166,4 @@ def status() -> tuple[list[InterfaceStatus], list[KvmhooksError]]:
                 rows += domain_status(live, True, config, inventory, definition)
         names = {dom.UUIDString().lower(): dom.name() for dom in virt.domains()}
         rows += orphan_status(inventory, _running_uuids(virt), names)
-    return rows, errors
+    return HostStatus(tuple(rows), tuple(uplink_status(config, inventory)), tuple(errors))

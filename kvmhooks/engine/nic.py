@@ -40,7 +40,8 @@ def handle(action: str, ifname: str) -> list[str]:
     """Converge on the host as it is now (the action only names the trigger): a burst
     of add and remove events ends in the state the last one left.
 
-    An event on a NIC no uplink uses ends here, before any lock. For an uplink's NIC the
+    An event on a NIC no uplink uses ends here, before any lock, and is not counted
+    (kvmhooks_nic_events_total counts the others). For an uplink's NIC the
     shared devices (bridge, enslaved NIC, shim) are repaired at once, under the host lock
     alone, whatever libvirt and other NIC handlers do; then, one NIC handler at a time,
     the guests: taps re-enslaved, dead macvtaps rebuilt and re-plugged through libvirt."""
@@ -54,10 +55,12 @@ def handle(action: str, ifname: str) -> list[str]:
             lost = lost_uplinks(config, inventory, ifname)
             if not lost:
                 return []
+            state.count("nic_events")
             return _in_turn(context, ifname,
                             lambda: _losses(session, ifname, action, lost))
         if not resolve_affected(config, inventory, ifname):
             return []
+        state.count("nic_events")
         lines = _repair_uplinks(session, ifname, config)
         return lines + _in_turn(context, ifname,
                                 lambda: _reconnect_guests(session, ifname, config))
@@ -236,6 +239,7 @@ def _replug(virt, guest: RunningGuest, replug: Replug, subject: str):
                     serialize(new))
     except KvmhooksError as error:
         return subject, error
+    state.count("replugs")
     line = f"{subject}: re-plugged interface {replug.mac}"
     log.info("%s", line)
     return line

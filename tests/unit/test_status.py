@@ -1,15 +1,18 @@
-"""status.domain_status: one row per tagged interface, state ok / missing / stale."""
+"""status.domain_status: one row per tagged interface, state ok / missing / stale; and
+status.uplink_status: one row per uplink, its NIC, bridge and shim there or not."""
 
 from __future__ import annotations
 
 import pytest
 
-from kvmhooks.status import InterfaceStatus, domain_status
+from kvmhooks.names import shim_mark
+from kvmhooks.status import InterfaceStatus, UplinkStatus, domain_status, uplink_status
 
 from .builders import (
     LAN,
     LAN_BRIDGE,
     MAC1,
+    NIC_MAC,
     Host,
     domain,
     hook_owned,
@@ -109,3 +112,47 @@ def test_a_running_guests_definition_that_names_another_hosts_source_is_stale():
 ])
 def test_stale_device(config_text, host, parts, reason):
     assert status(config_text, host, True, *parts) == row(TAP1, "stale", reason)
+
+
+# --- status.uplink_status ----------------------------------------------------------------
+
+def test_an_uplink_whose_devices_are_all_there():
+    config = make_config('[uplink.lan]\nnic = "eth1"\nbridge = "br-lan"\n'
+                         'host_address = "192.0.2.10/24"\n')
+    host = (Host().nic("eth1", master="br-lan").bridge("br-lan")
+            .link("kh-lan", "macvlan", parent="br-lan", alias=shim_mark("lan")))
+    assert uplink_status(config, host.inventory()) == [
+        UplinkStatus("lan", "eth1", True, "br-lan", True, "kh-lan", True)]
+
+
+def test_an_uplink_whose_devices_are_all_gone():
+    config = make_config('[uplink.lan]\nnic = "eth1"\nbridge = "br-lan"\n'
+                         'host_address = "192.0.2.10/24"\n')
+    assert uplink_status(config, Host().inventory()) == [
+        UplinkStatus("lan", "eth1", False, "br-lan", False, "kh-lan", False)]
+
+
+def test_an_uplink_without_bridge_or_shim_reports_its_nic_only():
+    config = make_config('[uplink.lan]\nnic = "eth1"\n')
+    assert uplink_status(config, Host().nic("eth1").inventory()) == [
+        UplinkStatus("lan", "eth1", True)]
+
+
+def test_a_nic_found_by_mac_is_named_and_an_absent_one_is_not():
+    config = make_config(f'[uplink.lan]\nmac = "{NIC_MAC}"\n[uplink.wan]\npath = "pci-0"\n')
+    assert uplink_status(config, Host().nic("enp3s0").inventory()) == [
+        UplinkStatus("lan", "enp3s0", True), UplinkStatus("wan", "", False)]
+
+
+def test_devices_that_only_have_the_name_do_not_count():
+    config = make_config('[uplink.lan]\nnic = "eth1"\nbridge = "br-lan"\n'
+                         'host_address = "192.0.2.10/24"\n')
+    host = (Host().nic("eth1").link("br-lan", "veth")
+            .link("kh-lan", "macvlan", parent="eth1"))  # no mark: not kvmhooks' shim
+    assert uplink_status(config, host.inventory()) == [
+        UplinkStatus("lan", "eth1", True, "br-lan", False, "kh-lan", False)]
+
+
+def test_uplinks_come_by_name():
+    config = make_config('[uplink.wan]\nnic = "eth2"\n[uplink.lan]\nnic = "eth1"\n')
+    assert [row.uplink for row in uplink_status(config, Host().inventory())] == ["lan", "wan"]
