@@ -130,10 +130,10 @@ def uplink_status(config: Config, inventory: Inventory) -> list[UplinkStatus]:
         except KvmhooksError:  # absent, or a selector that matches several links
             nic = None
         bridge = inventory.by_name(uplink.bridge) if uplink.bridge else None
-        shim = inventory.by_name(uplink.shim) if uplink.host_address is not None else None
+        shim = inventory.by_name(uplink.shim) if uplink.host_addresses else None
         rows.append(UplinkStatus(
             uplink=name, nic=nic or uplink.nic or "", nic_present=nic is not None,
             bridge=uplink.bridge, bridge_present=bridge is not None and bridge.kind == "bridge",
-            shim=uplink.shim if uplink.host_address is not None else None,
+            shim=uplink.shim if uplink.host_addresses else None,
             shim_present=shim is not None and shim.alias == shim_mark(name)))
     return rows
