@@ -27,7 +27,8 @@ DEFAULT_PATH = "/etc/kvmhooks/kvmhooks.toml"
 
 _UPLINK_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 _NETWORK_NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
-_UPLINK_KEYS = {"nic", "mac", "path", "bridge", "host_address", "domains", "mtu"}
+_UPLINK_KEYS = {"nic", "mac", "path", "bridge", "host_address", "domains", "mtu",
+                "vlan_filtering"}
 MTU_RANGE = (68, 65535)  # IPv4's smallest MTU, IP's largest packet
 _NETWORK_KEYS = {"uplink"}
 _TOML_LINE = re.compile(r"at line (\d+)")
@@ -44,6 +45,8 @@ class Uplink:
     host_addresses: tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, ...] = ()
     domains: tuple[str, ...] | None = None
     mtu: int | None = None  # None: every device takes its lower device's MTU
+    # VLAN filtering on a bridge kvmhooks did not create (its own filter when asked)
+    vlan_filtering: bool = False
 
     @property
     def shim(self) -> str:
@@ -267,9 +270,16 @@ class _Parser:
                                 or not MTU_RANGE[0] <= mtu <= MTU_RANGE[1]):
             raise self.error(table, "mtu", f"must be a whole number from {MTU_RANGE[0]} to "
                              f"{MTU_RANGE[1]}")
+        vlan_filtering = body.get("vlan_filtering", False)
+        if not isinstance(vlan_filtering, bool):
+            raise self.error(table, "vlan_filtering", "must be true or false")
+        if vlan_filtering and not values.get("bridge"):
+            raise self.error(table, "vlan_filtering", "takes a bridge: VLAN filtering is "
+                             "done by the uplink's bridge")
         return Uplink(name=name, nic=values.get("nic"), mac=values.get("mac"),
                       path=values.get("path"), bridge=values.get("bridge"),
-                      host_addresses=host_addresses, domains=domains, mtu=mtu)
+                      host_addresses=host_addresses, domains=domains, mtu=mtu,
+                      vlan_filtering=vlan_filtering)
 
     def host_addresses(self, table: str, value: object) -> tuple:
         """host_address: one CIDR or a list of them, IPv4 and IPv6."""

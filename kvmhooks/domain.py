@@ -22,10 +22,11 @@ KINDS = ("bridge", "direct", "network")
 DIRECT_MODES = ("bridge", "private", "vepa", "passthrough")
 DEFAULT_DIRECT_MODE = "bridge"
 _ATTRIBUTES = {
-    "bridge": {"mac", "type", "uplink"},
-    "direct": {"mac", "type", "uplink", "mode"},
+    "bridge": {"mac", "type", "uplink", "vlan", "trunk"},
+    "direct": {"mac", "type", "uplink", "mode", "vlan"},
     "network": {"mac", "type", "network"},
 }
+VLAN_IDS = range(1, 4095)
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,13 @@ class Attachment:
     uplink: str | None = None
     mode: str | None = None
     network: str | None = None
+    vlan: int | None = None  # the access VLAN: the guest's untagged frames
+    trunk: tuple[int, ...] = ()  # VLANs the guest sees tagged, ascending
+
+    @property
+    def vlans(self) -> tuple[int, ...]:
+        """Every VLAN the interface is on, ascending."""
+        return tuple(sorted({*self.trunk, *([self.vlan] if self.vlan else [])}))
 
 
 @dataclass(frozen=True)
@@ -186,7 +194,34 @@ def _attachment(element: etree._Element, domain: str) -> Attachment:
     network = element.get("network")
     if kind == "network" and not network:
         raise MetadataError(domain, "type 'network' needs network", mac)
-    return Attachment(mac=mac, kind=kind, uplink=uplink, mode=mode, network=network)
+    vlan = element.get("vlan")
+    vlan = parse_vlan(vlan, domain, mac) if vlan is not None else None
+    trunk = parse_trunk(element.get("trunk"), domain, mac) if "trunk" in element.attrib else ()
+    if vlan is not None and vlan in trunk:
+        raise MetadataError(domain, f"VLAN {vlan} is both the access VLAN (vlan) and in the "
+                            "trunk", mac)
+    return Attachment(mac=mac, kind=kind, uplink=uplink, mode=mode, network=network,
+                      vlan=vlan, trunk=trunk)
+
+
+def parse_vlan(text: str, domain: str, mac: str, key: str = "vlan") -> int:
+    """One VLAN ID, 1 to 4094."""
+    if not text.strip().isdigit() or int(text) not in VLAN_IDS:
+        raise MetadataError(domain, f"{key} '{text}' is not a VLAN ID (1-4094)", mac)
+    return int(text)
+
+
+def parse_trunk(text: str, domain: str, mac: str) -> tuple[int, ...]:
+    """'100,200-210': VLAN IDs and ranges of them, ascending, each once."""
+    vlans: set[int] = set()
+    for part in text.split(","):
+        first, dash, last = part.strip().partition("-")
+        low = parse_vlan(first, domain, mac, "trunk")
+        high = parse_vlan(last, domain, mac, "trunk") if dash else low
+        if high < low:
+            raise MetadataError(domain, f"trunk range '{part.strip()}' runs backwards", mac)
+        vlans.update(range(low, high + 1))
+    return tuple(sorted(vlans))
 
 
 def device_interfaces(root: etree._Element, domain: str) -> dict[str, DeviceInterface]:
