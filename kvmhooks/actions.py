@@ -10,7 +10,8 @@ import re
 from dataclasses import dataclass, replace
 from typing import ClassVar, Protocol
 
-from .inventory import Address, Route
+from .inventory import Address, PortVlans, Route
+from .names import format_vlans
 
 
 class Backend(Protocol):
@@ -37,6 +38,11 @@ class Backend(Protocol):
     def add_route(self, route: Route, dev: str) -> None: ...
     def del_route(self, route: Route, dev: str) -> None: ...
     def delete_link(self, name: str) -> None: ...
+    def create_vlan(self, name: str, parent: str, vlan: int, mark: str,
+                    mtu: int | None) -> None: ...
+    def set_vlan_filtering(self, bridge: str, enabled: bool) -> None: ...
+    def add_port_vlan(self, port: str, vlan: int, pvid: bool, untagged: bool) -> None: ...
+    def del_port_vlan(self, port: str, vlan: int) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -330,3 +336,101 @@ class DeleteLink(Action):
 
     def run(self, backend: Backend) -> None:
         backend.delete_link(self.name)
+
+
+@dataclass(frozen=True)
+class CreateVlan(Create):
+    """An 802.1Q sub-interface of a NIC, for macvtap guests on one of its VLANs."""
+
+    name: str
+    parent: str
+    vlan: int
+    mark: str
+    mtu: int | None = None
+
+    def describe(self) -> str:
+        return f"create VLAN {self.vlan} sub-interface {self.name} on {self.parent}" + \
+            _mtu(self.mtu)
+
+    def run(self, backend: Backend) -> None:
+        backend.create_vlan(self.name, self.parent, self.vlan, self.mark, self.mtu)
+
+
+@dataclass(frozen=True)
+class SetVlanFiltering(Action):
+    bridge: str
+    enabled: bool
+
+    def describe(self) -> str:
+        return f"turn VLAN filtering {'on' if self.enabled else 'off'} on bridge {self.bridge}"
+
+    def run(self, backend: Backend) -> None:
+        backend.set_vlan_filtering(self.bridge, self.enabled)
+
+    def undo(self) -> Action:
+        return SetVlanFiltering(self.bridge, not self.enabled)
+
+
+@dataclass(frozen=True)
+class _PortVlanChange(Action):
+    """AddPortVlan and DelPortVlan: a tagged VLAN on a bridge port (the uplink's NIC)."""
+
+    port: str
+    vlan: int
+    add: ClassVar[bool]
+
+    def describe(self) -> str:
+        if self.add:
+            return f"add VLAN {self.vlan} (tagged) to bridge port {self.port}"
+        return f"remove VLAN {self.vlan} from bridge port {self.port}"
+
+    def run(self, backend: Backend) -> None:
+        if self.add:
+            backend.add_port_vlan(self.port, self.vlan, pvid=False, untagged=False)
+        else:
+            backend.del_port_vlan(self.port, self.vlan)
+
+    def undo(self) -> Action:
+        return (DelPortVlan if self.add else AddPortVlan)(self.port, self.vlan)
+
+
+class AddPortVlan(_PortVlanChange):
+    add = True
+
+
+class DelPortVlan(_PortVlanChange):
+    add = False
+
+
+@dataclass(frozen=True)
+class SetPortVlans(Action):
+    """A guest's tap gets exactly its VLANs: its access VLAN as PVID, untagged, and its
+    trunk tagged. previous: what it has now (a new port: the bridge's default)."""
+
+    port: str
+    vlans: PortVlans
+    previous: PortVlans
+
+    def describe(self) -> str:
+        return f"set VLANs of bridge port {self.port}: {describe_vlans(self.vlans)} " \
+            f"(was {describe_vlans(self.previous)})"
+
+    def run(self, backend: Backend) -> None:
+        # The new PVID first: the kernel moves the PVID to the VLAN added with it.
+        for vlan in sorted(self.vlans.members, key=lambda vlan: vlan != self.vlans.pvid):
+            backend.add_port_vlan(self.port, vlan, pvid=vlan == self.vlans.pvid,
+                                  untagged=vlan in self.vlans.untagged)
+        for vlan in self.previous.members:
+            if vlan not in self.vlans.members:
+                backend.del_port_vlan(self.port, vlan)
+
+    def undo(self) -> Action:
+        return SetPortVlans(self.port, self.previous, self.vlans)
+
+
+def describe_vlans(vlans: PortVlans) -> str:
+    words = [f"PVID {vlans.pvid} untagged" if vlans.pvid in vlans.untagged
+             else f"PVID {vlans.pvid}"] if vlans.pvid else []
+    if vlans.tagged:
+        words.append(f"tagged {format_vlans(vlans.tagged)}")
+    return ", ".join(words) or "none"

@@ -11,15 +11,17 @@ Kernel facts behind it:
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .actions import (
     Action,
     AddAddress,
+    AddPortVlan,
     CreateBridge,
     CreateMacvtap,
     CreateShim,
     CreateTap,
+    CreateVlan,
     DelAddress,
     DeleteLink,
     DelRoute,
@@ -27,23 +29,36 @@ from .actions import (
     MoveRoute,
     SetMaster,
     SetMtu,
+    SetPortVlans,
     SetRouteMetric,
     SetUp,
+    SetVlanFiltering,
+    describe_vlans,
 )
 from .config import Uplink
-from .domain import Domain, TaggedInterface
+from .domain import Attachment, Domain, TaggedInterface
 from .errors import ForeignDevice, HostError, LeaseOnNic, MetadataError, NicAbsent
 from .inventory import (
+    DEFAULT_PVID,
     IFA_F_NODAD,
     Address,
     Inventory,
     Link,
+    PortVlans,
     Route,
     in_adding_order,
     prefix_route,
 )
-from .names import bridge_mark, guest_mark, shim_mark
+from .names import (
+    bridge_mark,
+    guest_mark,
+    ifname_problem,
+    shim_mark,
+    vlan_device_name,
+    vlan_mark,
+)
 from .resolve import Resolution
+from .sources import macvtap_lower
 
 # What a lower device's route for the shim's subnet is raised by, so the shim's wins.
 SHIM_PREFERENCE = 1024
@@ -60,6 +75,7 @@ class WantedLink:
     mac: str | None = None
     mode: str | None = None
     multi_queue: bool | None = None  # a tap's queue flag, where kvmhooks made the tap
+    vlans: PortVlans | None = None  # a tap's VLANs on its bridge; None: the bridge's default
 
 
 def link_problem(link: Link, wanted: WantedLink, inventory: Inventory) -> str | None:
@@ -79,6 +95,9 @@ def link_problem(link: Link, wanted: WantedLink, inventory: Inventory) -> str | 
             link.multi_queue != wanted.multi_queue:
         return f"is {_queueing(link.multi_queue)}, the interface needs " \
             f"{_queueing(wanted.multi_queue)}"
+    if wanted.vlans is not None and link.vlans != wanted.vlans:
+        have = describe_vlans(link.vlans) if link.vlans else "on a bridge that filters no VLANs"
+        return f"has VLANs {have}, metadata says {describe_vlans(wanted.vlans)}"
     return None
 
 
@@ -92,15 +111,31 @@ def tap_mac(guest_mac: str) -> str:
     return "fe" + guest_mac[2:]
 
 
+DEFAULT_PORT_VLANS = PortVlans(DEFAULT_PVID, (DEFAULT_PVID,), (DEFAULT_PVID,))
+
+
+def tap_vlans(attachment: Attachment) -> PortVlans | None:
+    """A guest's tap's VLANs: its access VLAN (else the bridge's default) as PVID and
+    untagged, its trunk tagged; None for an interface that asks for no VLAN."""
+    if not attachment.vlans:
+        return None
+    pvid = attachment.vlan or DEFAULT_PVID
+    if pvid in attachment.trunk:  # trunk-only, and the default VLAN tagged in it
+        return PortVlans(None, (), attachment.trunk)
+    return PortVlans(pvid, (pvid,), tuple(sorted({pvid, *attachment.trunk})))
+
+
 def guest_link(tagged: TaggedInterface, resolution: Resolution) -> WantedLink:
     """The host device a tagged bridge or direct interface needs. libvirt chooses the MAC
     of its own taps (native type bridge); every other MAC is the metadata's."""
-    if tagged.attachment.kind == "bridge" and tagged.hook_owned:
+    attachment = tagged.attachment
+    if attachment.kind == "bridge" and tagged.hook_owned:
         return WantedLink("tun", resolution.bridge, tap_mac(tagged.mac),
-                          multi_queue=tagged.device.queues > 1)
-    if tagged.attachment.kind == "bridge":
+                          multi_queue=tagged.device.queues > 1, vlans=tap_vlans(attachment))
+    if attachment.kind == "bridge":
         return WantedLink("tun", resolution.bridge)
-    return WantedLink("macvtap", resolution.lower, tagged.mac, tagged.attachment.mode)
+    return WantedLink("macvtap", macvtap_lower(attachment, resolution), tagged.mac,
+                      attachment.mode)
 
 
 def _route_key(route: Route) -> tuple:
@@ -146,12 +181,16 @@ class DevicePlanner:
         link = self.inventory.by_name(name)
         return link.mtu if link else None
 
-    def uplink(self, uplink: Uplink, resolution: Resolution) -> None:
+    def uplink(self, uplink: Uplink, resolution: Resolution,
+               vlans: frozenset[int] = frozenset()) -> None:
         """The shared devices: bridge with the NIC enslaved, NIC up, shim; with the
-        uplink's MTU where it has one."""
+        uplink's MTU where it has one. vlans: the VLANs guests about to start on the
+        bridge ask for (the bridge then filters, and the NIC's port carries them)."""
         if resolution.nic is None:  # away for now: the bridge is all there is to keep
             bridge = self.inventory.by_name(resolution.bridge)
             self.uplink_mtu(uplink, bridge)
+            if vlans:
+                self.vlan_filtering(uplink, bridge.name, bridge)
             if uplink.host_addresses:
                 # The bridge's MAC need not be its NIC's: a shim in place keeps its MAC
                 # until the NIC is back, and a new one is rebuilt then if need be.
@@ -163,7 +202,7 @@ class DevicePlanner:
         # The NIC first: nothing on it may have a larger MTU than it.
         self.uplink_mtu(uplink, nic)
         if resolution.bridge:
-            self.bridge(uplink, resolution.bridge, nic)
+            self.bridge(uplink, resolution.bridge, nic, vlans)
         elif nic.master is not None:
             master = self.inventory.by_index(nic.master)
             raise HostError(f"uplink '{uplink.name}': NIC {nic.name} is a port of "
@@ -186,7 +225,8 @@ class DevicePlanner:
         if link.mark_pending:
             self.actions.append(MarkLink(link.name, link.alias))
 
-    def bridge(self, uplink: Uplink, name: str, nic: Link) -> None:
+    def bridge(self, uplink: Uplink, name: str, nic: Link,
+               vlans: frozenset[int] = frozenset()) -> None:
         bridge = self.inventory.by_name(name)
         if bridge is None:
             mark = self.bridge_mark or bridge_mark(uplink.name)
@@ -204,6 +244,8 @@ class DevicePlanner:
             if not bridge.up:
                 self.actions.append(SetUp(name))
             self.uplink_mtu(uplink, bridge)
+        if vlans:  # before the NIC is touched: a kernel that cannot filter stops it here
+            self.vlan_filtering(uplink, name, bridge)
         if nic.master is None:
             self.enslave(uplink, nic, name)
         elif bridge is None or nic.master != bridge.index:
@@ -212,6 +254,43 @@ class DevicePlanner:
                                 f"not of uplink '{uplink.name}' bridge {name}")
         else:  # enslaved already, and what it still holds goes to the bridge
             self.move_to_bridge(nic, name, enslave=False)
+        self.nic_port_vlans(nic, name, bridge, vlans)
+
+    def vlan_filtering(self, uplink: Uplink, name: str, bridge: Link | None) -> None:
+        """The bridge filters VLANs: its own bridges when a guest asks for a VLAN, an
+        administrator's only when the uplink says so. Ports keep the bridge's default
+        VLAN as their untagged one, so the host's own address and untagged guests stay
+        where they were."""
+        if bridge is not None and bridge.vlan_filtering:
+            return
+        if name in [action.bridge for action in self.actions
+                    if isinstance(action, SetVlanFiltering)]:
+            return
+        ours = bridge is None or bridge.alias == (self.bridge_mark or bridge_mark(uplink.name))
+        if not ours and not uplink.vlan_filtering:
+            raise HostError(f"uplink '{uplink.name}': bridge {name} filters no VLANs and is "
+                            "not kvmhooks'; set vlan_filtering = true for this uplink to let "
+                            "kvmhooks turn VLAN filtering on")
+        self.actions.append(SetVlanFiltering(name, True))
+
+    def nic_port_vlans(self, nic: Link, name: str, bridge: Link | None,
+                       vlans: frozenset[int]) -> None:
+        """The NIC's port carries, tagged, every VLAN a guest on the bridge is on: those
+        of the bridge's taps, and vlans. What the port has besides stays."""
+        filtering = (bridge is not None and bridge.vlan_filtering) or any(
+            isinstance(action, SetVlanFiltering) and action.bridge == name
+            for action in self.actions)
+        if not filtering:
+            return
+        in_use = set(vlans)
+        if bridge is not None:
+            for port in self.inventory.ports(bridge):
+                if port.kind == "tun" and port.vlans is not None:
+                    in_use.update(port.vlans.members)
+        enslaved = bridge is not None and nic.master == bridge.index and nic.vlans is not None
+        has = nic.vlans if enslaved else DEFAULT_PORT_VLANS
+        self.actions.extend(AddPortVlan(nic.name, vlan) for vlan in sorted(in_use)
+                            if vlan not in has.members)
 
     def enslave(self, uplink: Uplink, nic: Link, bridge: str) -> None:
         """Enslave the NIC, moving its addresses and routes to the bridge first so the
@@ -322,6 +401,8 @@ class DevicePlanner:
         start."""
         name, mark = tagged.device.target_dev, guest_mark(domain.uuid)
         wanted = guest_link(tagged, resolution)
+        if wanted.kind == "macvtap" and tagged.attachment.vlan is not None:
+            self.vlan_device(domain, tagged, resolution)
         mtu = self.mtu_of(wanted.lower)
         if name in self.planned_links:
             raise MetadataError(domain.name, f"target dev '{name}' is already used by "
@@ -333,10 +414,13 @@ class DevicePlanner:
                 owner = f"carries mark '{existing.alias}'" if existing.marked else \
                     "exists without kvmhooks' mark"
                 raise ForeignDevice(name, f"{owner}, so domain {domain.name} cannot use it")
-            if link_problem(existing, wanted, self.inventory) is None:
+            if link_problem(existing, replace(wanted, vlans=None), self.inventory) is None:
                 self.claim(existing)
                 if mtu is not None and existing.mtu != mtu:
                     self.actions.append(SetMtu(name, mtu, existing.mtu))
+                if wanted.vlans is not None and existing.vlans != wanted.vlans:
+                    self.actions.append(SetPortVlans(name, wanted.vlans,
+                                                     existing.vlans or DEFAULT_PORT_VLANS))
                 if not existing.up:
                     self.actions.append(SetUp(name))
                 return
@@ -344,16 +428,49 @@ class DevicePlanner:
         if wanted.kind == "tun":
             self.actions.append(CreateTap(name, wanted.mac, wanted.lower, mark, mtu,
                                           bool(wanted.multi_queue)))
+            if wanted.vlans is not None:
+                self.actions.append(SetPortVlans(name, wanted.vlans, DEFAULT_PORT_VLANS))
         else:
             self.actions.append(CreateMacvtap(name, wanted.mac, wanted.lower, wanted.mode,
                                               mark, mtu))
 
-    def reenslave_tap(self, name: str | None, bridge: str, hook_owned_only: bool = True):
-        """Put a guest's tap back on its bridge; libvirt's own taps of tagged guests too
-        when asked (after a NIC event, the bridge itself may have been rebuilt)."""
+    def reenslave_tap(self, name: str | None, bridge: str, hook_owned_only: bool = True,
+                      vlans: PortVlans | None = None):
+        """Put a guest's tap back on its bridge, with its VLANs (a port that joins a
+        bridge has the bridge's default); libvirt's own taps of tagged guests too when
+        asked (after a NIC event, the bridge itself may have been rebuilt)."""
         tap = self.inventory.by_name(name) if name else None
         if tap is None or tap.kind != "tun" or (hook_owned_only and not tap.marked):
             return
         if link_problem(tap, WantedLink("tun", bridge), self.inventory) is not None:
             previous = self.inventory.by_index(tap.master)
             self.actions.append(SetMaster(name, bridge, previous.name if previous else None))
+            if vlans is not None:
+                self.actions.append(SetPortVlans(name, vlans, DEFAULT_PORT_VLANS))
+
+    def vlan_device(self, domain: Domain, tagged: TaggedInterface,
+                    resolution: Resolution) -> None:
+        """The NIC's 802.1Q sub-interface a macvtap guest on a VLAN hangs off: kept when
+        there, whoever made it, built and marked when not."""
+        vlan, nic = tagged.attachment.vlan, resolution.lower
+        name = vlan_device_name(nic, vlan)
+        if name in self.planned_links:
+            return
+        if problem := ifname_problem(name):
+            raise MetadataError(domain.name, f"VLAN {vlan} sub-interface of NIC {nic}: "
+                                f"{problem}", tagged.mac)
+        self.planned_links.add(name)
+        existing = self.inventory.by_name(name)
+        parent = self.inventory.by_name(nic)
+        if existing is None:
+            mtu = self.mtu_of(nic)
+            self.actions.append(CreateVlan(name, nic, vlan, vlan_mark(resolution.uplink), mtu))
+            self.planned_mtus[name] = mtu
+            return
+        if existing.kind != "vlan" or existing.vlan_id != vlan or parent is None or \
+                existing.parent != parent.index:
+            raise ForeignDevice(name, f"exists and is not the VLAN {vlan} sub-interface "
+                                f"of {nic}")
+        self.claim(existing)
+        if not existing.up:
+            self.actions.append(SetUp(name))

@@ -121,6 +121,23 @@ def prefix_route(address: Address) -> Route:
 
 
 @dataclass(frozen=True)
+class PortVlans:
+    """The VLANs of a port of a bridge that filters VLANs: its PVID (the VLAN its untagged
+    frames join, None when it has none) and every VLAN it is a member of."""
+
+    pvid: int | None = None
+    untagged: tuple[int, ...] = ()  # VLANs whose frames leave the port untagged
+    members: tuple[int, ...] = ()  # every VLAN of the port, ascending
+
+    @property
+    def tagged(self) -> tuple[int, ...]:
+        return tuple(vlan for vlan in self.members if vlan not in self.untagged)
+
+
+DEFAULT_PVID = 1  # the kernel's default_pvid: every new port's untagged VLAN
+
+
+@dataclass(frozen=True)
 class Link:
     index: int
     name: str
@@ -138,6 +155,9 @@ class Link:
     permanent_mac: str | None = None
     mtu: int = 1500
     multi_queue: bool | None = None  # a tun device's queue flag; None: not a tun, or unknown
+    vlan_filtering: bool = False  # a bridge that filters VLANs
+    vlans: PortVlans | None = None  # a port of a filtering bridge: its VLANs
+    vlan_id: int | None = None  # an 802.1Q sub-interface's VLAN
     mark_pending: bool = False  # its mark comes from the creation journal, not the kernel
 
     @property

@@ -37,6 +37,7 @@ from .inventory import (
     Address,
     Inventory,
     Link,
+    PortVlans,
     Route,
     is_prefix_route,
     prefix_route,
@@ -67,6 +68,10 @@ _DELETE = NLM_F_REQUEST | NLM_F_ACK
 _DUMP_INTERRUPTED = getattr(netlink_exceptions, "NetlinkDumpInterrupted", ())
 DUMP_ATTEMPTS = 10
 IFLA_TUN_MULTI_QUEUE = 7  # include/uapi/linux/if_link.h
+AF_BRIDGE = 7
+RTEXT_FILTER_BRVLAN = 1 << 1  # a bridge port dump lists each VLAN of the port
+BRIDGE_VLAN_INFO_PVID = 0x2
+BRIDGE_VLAN_INFO_UNTAGGED = 0x4
 
 
 def _naming(base: type, first_type: int, attributes: tuple) -> type:
@@ -141,9 +146,15 @@ class Netlink:
         for msg in link_messages:
             index, name = msg["index"], msg.get_attr("IFLA_IFNAME")
             kind = msg.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND")
-            mode = multi_queue = None
+            mode = multi_queue = vlan_id = None
+            vlan_filtering = False
             if kind == "tun":
                 multi_queue = _multi_queue(msg.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA"))
+            elif kind == "bridge":
+                vlan_filtering = bool(msg.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA",
+                                                     "IFLA_BR_VLAN_FILTERING"))
+            elif kind == "vlan":
+                vlan_id = msg.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA", "IFLA_VLAN_ID")
             if kind in ("macvlan", "macvtap"):
                 mode = msg.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA",
                                       f"IFLA_{kind.upper()}_MODE")
@@ -162,8 +173,32 @@ class Netlink:
                 prefix_routes=tuple(r for r in through if is_prefix_route(r, held)),
                 id_path=(id_paths or {}).get(name),
                 permanent_mac=msg.get_attr("IFLA_PERM_ADDRESS"), mtu=msg.get_attr("IFLA_MTU"),
-                multi_queue=multi_queue))
+                multi_queue=multi_queue, vlan_filtering=vlan_filtering, vlan_id=vlan_id))
+        filtering = {link.index for link in links if link.vlan_filtering}
+        if filtering:
+            vlans = self._port_vlans()
+            links = [replace(link, vlans=vlans.get(link.index, PortVlans()))
+                     if link.master in filtering else link for link in links]
         return Inventory(tuple(links))
+
+    def _port_vlans(self) -> dict[int, PortVlans]:
+        """The VLANs of every bridge port, by index: one dump of the bridge family."""
+        found = {}
+        for msg in self._dump("bridge ports' VLANs", self.ipr.get_links, family=AF_BRIDGE,
+                              ext_mask=RTEXT_FILTER_BRVLAN):
+            spec = msg.get_attr("IFLA_AF_SPEC")
+            entries = spec.get_attrs("IFLA_BRIDGE_VLAN_INFO") if spec is not None else []
+            pvid, untagged, members = None, [], []
+            for entry in entries:
+                vlan, flags = entry["vid"], entry["flags"]
+                members.append(vlan)
+                if flags & BRIDGE_VLAN_INFO_PVID:
+                    pvid = vlan
+                if flags & BRIDGE_VLAN_INFO_UNTAGGED:
+                    untagged.append(vlan)
+            found[msg["index"]] = PortVlans(pvid, tuple(sorted(untagged)),
+                                            tuple(sorted(members)))
+        return found
 
     # --- changing ----------------------------------------------------------------
 
@@ -350,6 +385,51 @@ class Netlink:
 
     def delete_link(self, name: str) -> None:
         self._call(f"delete {name}", (RTM_DELLINK, _DELETE), index=self.index(name))
+
+    def create_vlan(self, name: str, parent: str, vlan: int, mark: str,
+                    mtu: int | None) -> None:
+        extra = {"mtu": mtu} if mtu else {}
+        try:
+            self.ipr.link("add", ifname=name, kind="vlan", link=self.index(parent),
+                          vlan_id=vlan, **extra)
+        except NetlinkError as error:
+            if error.code == errno.EOPNOTSUPP:
+                raise HostError(f"create VLAN {vlan} sub-interface {name} on {parent}: this "
+                                "kernel has no 802.1Q VLAN devices (module 8021q)") from None
+            raise HostError(f"create VLAN {vlan} sub-interface {name} on {parent}: "
+                            f"{_reason(error)}") from None
+        self._finish_create(name, mark, up=True)
+
+    def set_vlan_filtering(self, bridge: str, enabled: bool) -> None:
+        try:
+            self.ipr.link("set", index=self.index(bridge), kind="bridge",
+                          br_vlan_filtering=int(enabled))
+        except NetlinkError as error:
+            if error.code == errno.EOPNOTSUPP:
+                raise HostError(f"turn VLAN filtering on on bridge {bridge}: this kernel "
+                                "cannot filter VLANs on a bridge "
+                                "(CONFIG_BRIDGE_VLAN_FILTERING)") from None
+            raise HostError(f"turn VLAN filtering {'on' if enabled else 'off'} on bridge "
+                            f"{bridge}: {_reason(error)}") from None
+
+    def add_port_vlan(self, port: str, vlan: int, pvid: bool, untagged: bool) -> None:
+        flags = (BRIDGE_VLAN_INFO_PVID if pvid else 0) | \
+            (BRIDGE_VLAN_INFO_UNTAGGED if untagged else 0)
+        try:
+            self.ipr.vlan_filter("add", index=self.index(port),
+                                 vlan_info={"vid": vlan, "flags": flags})
+        except NetlinkError as error:
+            raise HostError(f"add VLAN {vlan} to bridge port {port}: "
+                            f"{_reason(error)}") from None
+
+    def del_port_vlan(self, port: str, vlan: int) -> None:
+        """Converges: a VLAN the port does not have is gone already."""
+        try:
+            self.ipr.vlan_filter("del", index=self.index(port), vlan_info={"vid": vlan})
+        except NetlinkError as error:
+            if error.code != errno.ENOENT:
+                raise HostError(f"remove VLAN {vlan} from bridge port {port}: "
+                                f"{_reason(error)}") from None
 
     def _dump(self, what: str, read, **spec) -> list:
         """A dump, read again while the kernel says its table changed under it."""

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .actions import Action, AddAddress, DeleteLink, MoveRoute, SetMaster
+from .actions import Action, AddAddress, DeleteLink, DelPortVlan, MoveRoute, SetMaster
 from .config import Config
-from .devices import DevicePlanner, guest_link, link_problem
+from .devices import DevicePlanner, guest_link, link_problem, tap_vlans
 from .domain import Domain
 from .errors import NetworkRefused
 from .inventory import LOWER_KINDS, Inventory, in_adding_order
@@ -45,13 +45,23 @@ def plan_prepare(domain: Domain, config: Config, inventory: Inventory) -> Plan:
     sources = plan_sources(domain, config, inventory)
     planner = DevicePlanner(inventory)
     for resolution in sources.resolutions:
-        planner.uplink(config.uplinks[resolution.uplink], resolution)
+        planner.uplink(config.uplinks[resolution.uplink], resolution,
+                       bridge_vlans(domain, resolution.uplink))
     lookup = {resolution.uplink: resolution for resolution in sources.resolutions}
     for tagged in domain.tagged:
         if tagged.hook_owned:
             planner.guest_device(domain, tagged, lookup[tagged.attachment.uplink])
+        elif tagged.attachment.kind == "direct" and tagged.attachment.vlan is not None:
+            planner.vlan_device(domain, tagged, lookup[tagged.attachment.uplink])
     return Plan(tuple(planner.actions), sources.sources, sources.resolutions, domain.name,
                 domain.uuid)
+
+
+def bridge_vlans(domain: Domain, uplink: str) -> frozenset[int]:
+    """The VLANs the domain's interfaces on this uplink's bridge are on."""
+    return frozenset(vlan for tagged in domain.tagged
+                     if tagged.attachment.kind == "bridge" and tagged.attachment.uplink == uplink
+                     for vlan in tagged.attachment.vlans)
 
 
 def plan_repair(domain: Domain, config: Config, inventory: Inventory) -> Plan:
@@ -67,7 +77,8 @@ def plan_repair(domain: Domain, config: Config, inventory: Inventory) -> Plan:
     for tagged in domain.tagged:
         if tagged.hook_owned and tagged.attachment.kind == "bridge":
             planner.reenslave_tap(tagged.device.target_dev,
-                                  resolutions[tagged.attachment.uplink].bridge)
+                                  resolutions[tagged.attachment.uplink].bridge,
+                                  vlans=tap_vlans(tagged.attachment))
     return Plan(tuple(planner.actions), resolutions=tuple(resolutions.values()),
                 domain=domain.name, uuid=domain.uuid)
 
@@ -108,7 +119,7 @@ def plan_reconnect(domain: Domain, resolutions: list[Resolution], config: Config
         uplink_for(tagged, domain, config)  # the allowlist holds on this path too
         if tagged.attachment.kind == "bridge":
             planner.reenslave_tap(tagged.device.target_dev, resolution.bridge,
-                                  hook_owned_only=False)
+                                  hook_owned_only=False, vlans=tap_vlans(tagged.attachment))
             continue
         device = inventory.by_name(tagged.device.target_dev or "")
         plugged = tagged.mac not in unplugged
@@ -212,7 +223,27 @@ def plan_orphans(inventory: Inventory, running_uuids: set[str]) -> Plan:
 
 
 def plan_release(domain_name: str, domain_uuid: str, inventory: Inventory) -> Plan:
-    """Remove the per-guest devices kvmhooks made for this domain; shared ones stay."""
-    actions = tuple(DeleteLink(link.name, f"guest {domain_name} stopped")
-                    for link in inventory.marked_with(guest_mark(domain_uuid)))
-    return Plan(actions, domain=domain_name, uuid=domain_uuid)
+    """Remove the per-guest devices kvmhooks made for this domain, then what only they
+    used: the VLAN sub-interfaces kvmhooks made, and the VLANs of kvmhooks' bridges'
+    NIC ports that no guest's port is on any more. Other shared devices stay; a bridge
+    kvmhooks did not create keeps every VLAN of its ports."""
+    leaving = inventory.marked_with(guest_mark(domain_uuid))
+    actions = [DeleteLink(link.name, f"guest {domain_name} stopped") for link in leaving]
+    gone = {link.index for link in leaving}
+    for link in inventory.links:
+        if link.kind == "vlan" and link.mark is not None and link.mark.kind == "vlan" \
+                and inventory.children(link) and \
+                all(child.index in gone for child in inventory.children(link)):
+            actions.append(DeleteLink(link.name, f"VLAN {link.vlan_id} has no guest left"))
+    for bridge in inventory.links:
+        if not (bridge.vlan_filtering and bridge.mark is not None
+                and bridge.mark.kind == "bridge"):
+            continue
+        ports = inventory.ports(bridge)
+        in_use = {vlan for port in ports if port.kind == "tun" and port.index not in gone
+                  and port.vlans is not None for vlan in port.vlans.members}
+        for port in ports:
+            if port.kind != "tun" and port.vlans is not None:
+                actions += [DelPortVlan(port.name, vlan) for vlan in port.vlans.tagged
+                            if vlan not in in_use]
+    return Plan(tuple(actions), domain=domain_name, uuid=domain_uuid)

@@ -70,6 +70,11 @@ def uplink_for(tagged: TaggedInterface, domain: Domain, config: Config) -> Uplin
     if attachment.kind == "bridge" and not uplink.bridge:
         raise MetadataError(domain.name, f"type 'bridge' needs a bridge, and uplink "
                             f"'{uplink.name}' has none in {config.path}", tagged.mac)
+    if attachment.kind == "direct" and attachment.vlan is not None and uplink.bridge:
+        raise MetadataError(domain.name, f"vlan on type 'direct' needs an uplink without a "
+                            f"bridge (a macvtap sits on the NIC's VLAN sub-interface, and "
+                            f"uplink '{uplink.name}' has its NIC on bridge {uplink.bridge}); "
+                            "use type 'bridge' with vlan", tagged.mac)
     if attachment.kind == "direct" and attachment.mode == "passthrough" and uplink.bridge:
         raise MetadataError(domain.name, f"mode 'passthrough' needs an uplink without a "
                             f"bridge: uplink '{uplink.name}' has bridge {uplink.bridge}, "

@@ -15,9 +15,9 @@ from typing import ClassVar
 
 from lxml import etree
 
-from .domain import TaggedInterface
+from .domain import Attachment, TaggedInterface
 from .errors import MetadataError
-from .names import normalize_mac
+from .names import normalize_mac, vlan_device_name
 from .resolve import Resolution
 
 log = logging.getLogger("kvmhooks")
@@ -80,6 +80,13 @@ def current_source(tagged: TaggedInterface) -> Source | None:
     return source
 
 
+def macvtap_lower(attachment: Attachment, resolution: Resolution) -> str:
+    """A macvtap's lower device: the uplink's, or its NIC's VLAN sub-interface."""
+    if attachment.vlan is not None:
+        return vlan_device_name(resolution.lower, attachment.vlan)
+    return resolution.lower
+
+
 def wanted_source(tagged: TaggedInterface, resolution: Resolution | None) -> Source:
     """The source this interface's metadata means on this host (resolution: its uplink's,
     None for type network)."""
@@ -87,7 +94,7 @@ def wanted_source(tagged: TaggedInterface, resolution: Resolution | None) -> Sou
     if attachment.kind == "bridge":
         return BridgeSource(resolution.bridge)
     if attachment.kind == "direct":
-        return DirectSource(resolution.lower, attachment.mode)
+        return DirectSource(macvtap_lower(attachment, resolution), attachment.mode)
     return NetworkSource(attachment.network)
 
 

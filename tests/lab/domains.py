@@ -95,13 +95,16 @@ class Iface:
     source: str | None = None  # native source: bridge name or direct dev; None: none written
     source_mode: str | None = None  # native direct <source mode>; None: the entry's mode
     queues: int = 1  # more than 1: <driver queues='N'/>
+    vlan: int | None = None  # metadata vlan
+    trunk: str | None = None  # metadata trunk, as written ("20-21,30")
 
     @property
     def hook_owned_dev(self) -> str:
         return hook_owned_name(self.mac.lower())
 
     def entry(self) -> Entry:
-        optional = {"uplink": self.uplink, "mode": self.mode, "network": self.network}
+        optional = {"uplink": self.uplink, "mode": self.mode, "network": self.network,
+                    "vlan": str(self.vlan) if self.vlan else None, "trunk": self.trunk}
         return meta(self.mac, self.kind, **{k: v for k, v in optional.items() if v})
 
     def metadata(self) -> str:

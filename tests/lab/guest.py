@@ -14,6 +14,9 @@ command line:
     interface with that MAC that lacks it.
 ``kh.mtu=MAC=MTU``
     the interface with that MAC gets this MTU before its IPv4 address.
+``kh.vlan=MAC=VID=ADDR/LEN`` (repeatable)
+    once the interface with that MAC is up, an 802.1Q sub-interface ``vVID`` on it
+    with this IPv4 address (the guest sees that VLAN tagged).
 ``kh.ping=ADDR`` or ``kh.ping=ADDR@SIZE`` (repeatable, IPv4 or IPv6)
     every round (0.5 s apart) each target is pinged once (with SIZE payload
     bytes when given), in parallel, with a 1 s timeout, and the guest prints
@@ -75,6 +78,7 @@ MODULES = (
     "failover",
     "net_failover",
     "virtio_net",
+    "8021q",
 )
 
 #: ``console=ttyS0`` keeps panics visible; ``quiet`` and ``loglevel=3`` keep
@@ -87,7 +91,7 @@ IMAGE_FORMAT = 1
 INIT_SCRIPT = r"""#!/bin/busybox sh
 # kvmhooks lab guest.  Configured by the kernel command line only:
 #   kh.ip=MAC=ADDR/LEN (IPv4 one per NIC, IPv6 besides)   kh.mtu=MAC=MTU
-#   kh.ping=ADDR[@SIZE] (targets pinged every round)
+#   kh.vlan=MAC=VID=ADDR/LEN (sub-interface vVID)   kh.ping=ADDR[@SIZE] (pinged every round)
 /bin/busybox mkdir -p /proc /sys /dev /tmp /run /sbin /usr/bin /usr/sbin
 /bin/busybox --install -s
 mount -t proc proc /proc
@@ -104,6 +108,7 @@ ip link set lo up
 
 IPS=""
 MTUS=""
+VLANS=""
 PINGS=""
 for w in $(cat /proc/cmdline); do
     case "$w" in
@@ -113,6 +118,9 @@ for w in $(cat /proc/cmdline); do
     kh.mtu=*=*)
         v=${w#kh.mtu=}
         MTUS="$MTUS $(echo "${v%%=*}" | tr A-F a-f)=${v#*=}" ;;
+    kh.vlan=*=*=*)
+        v=${w#kh.vlan=}
+        VLANS="$VLANS $(echo "${v%%=*}" | tr A-F a-f)=${v#*=}" ;;
     kh.ping=*)
         PINGS="$PINGS ${w#kh.ping=}" ;;
     esac
@@ -158,6 +166,18 @@ while :; do
             esac
         done
         [ -n "$have" ] || all=""
+    done
+    for e in $VLANS; do
+        mac=${e%%=*}
+        v=${e#*=}
+        vid=${v%%=*}
+        [ -e "/sys/class/net/v$vid" ] && continue
+        for k in $known; do
+            [ "${k#*=}" = "$mac" ] || continue
+            ip link add link "${k%%=*}" name "v$vid" type vlan id "$vid" &&
+                ip addr add "${v#*=}" dev "v$vid" && ip link set "v$vid" up &&
+                echo "KH vlan v$vid on ${k%%=*} up"
+        done
     done
     left=""
     for k in $known; do
@@ -427,9 +447,11 @@ class _Cpio:
 
 
 def guest_cmdline(ips: dict[str, str | tuple[str, ...]], pings: list[str] | tuple[str, ...] = (),
-                  mtus: dict[str, int] | None = None) -> str:
+                  mtus: dict[str, int] | None = None,
+                  vlans: dict[str, dict[int, str]] | None = None) -> str:
     """The kernel command line for ``ips`` ({mac: 'addr/len'}, or {mac: (IPv4 'addr/len',
-    IPv6 'addr/len', ...)}), ``pings`` ('addr' or 'addr@size') and ``mtus`` ({mac: mtu})."""
+    IPv6 'addr/len', ...)}), ``pings`` ('addr' or 'addr@size'), ``mtus`` ({mac: mtu})
+    and ``vlans`` ({mac: {vid: IPv4 'addr/len'}}: sub-interfaces the guest makes)."""
     parts = [BASE_CMDLINE]
     for mac, cidrs in ips.items():
         if not re.fullmatch(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}", mac):
@@ -442,6 +464,9 @@ def guest_cmdline(ips: dict[str, str | tuple[str, ...]], pings: list[str] | tupl
         parts += [f"kh.ip={mac.lower()}={iface.with_prefixlen}" for iface in ifaces]
     for mac, mtu in (mtus or {}).items():
         parts.append(f"kh.mtu={mac.lower()}={int(mtu)}")
+    for mac, by_vid in (vlans or {}).items():
+        parts += [f"kh.vlan={mac.lower()}={int(vid)}={ipaddress.IPv4Interface(cidr).with_prefixlen}"
+                  for vid, cidr in by_vid.items()]
     for target in pings:
         addr, _, size = target.partition("@")
         parts.append(f"kh.ping={ipaddress.ip_address(addr)}" + (f"@{int(size)}" if size else ""))
