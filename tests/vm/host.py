@@ -127,12 +127,14 @@ class KvmhooksHost:
                    f"kvmhooks check-config {CONFIG}.new && mv {CONFIG}.new {CONFIG}")
 
     def define_guest(self, cleanup: Cleanup, ifaces: list[Iface], ips: dict[str, str],
-                     pings: list[str], *, autostart: bool = False) -> NestedGuest:
-        """Define a nested guest (kvm, 128 MiB) running the lab image."""
+                     pings: list[str], *, autostart: bool = False,
+                     vlans: dict[str, dict[int, str]] | None = None) -> NestedGuest:
+        """Define a nested guest (kvm, 128 MiB) running the lab image (``vlans``: its
+        VLAN sub-interfaces, guest.guest_cmdline)."""
         name = unique_name("kt-g-")
         xml = domain_xml(name, ifaces, virt_type="kvm", memory_mib=128,
                          kernel=f"{GUEST_DIR}/vmlinuz", initrd=f"{GUEST_DIR}/initrd.gz",
-                         cmdline=guest_cmdline(ips, pings))
+                         cmdline=guest_cmdline(ips, pings, vlans=vlans))
         self.vm.agent.write_file(f"/root/{name}.xml", xml.encode())
         cleanup.add(self.remove_guest, name, _what=f"remove nested guest {name}")
         self.check(f"virsh -q define /root/{name}.xml"
