@@ -257,9 +257,9 @@ def test_check_config_and_install(tmp_path, cleanup):
     bad.write_text('[uplink.lan]\nnic = "eth9"\ncolour = "red"\n')
     result = kvmhooks("check-config", str(bad))
     assert result.returncode == 2
-    assert result.stderr == f"kvmhooks: {bad}:3: uplink.lan.colour: unknown key " \
-        "(expected one of: bridge, domains, host_address, mac, mtu, nic, path, "
-        "vlan_filtering)\n"
+    assert result.stderr == (f"kvmhooks: {bad}:3: uplink.lan.colour: unknown key "
+                             "(expected one of: bridge, domains, host_address, mac, mtu, "
+                             "nic, path, vlan_filtering)\n")
     root = tmp_path / "root"
     first = kvmhooks("install", "--root", str(root))
     second = kvmhooks("install", "--root", str(root))
