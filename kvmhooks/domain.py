@@ -206,9 +206,11 @@ def _attachment(element: etree._Element, domain: str) -> Attachment:
 
 def parse_vlan(text: str, domain: str, mac: str, key: str = "vlan") -> int:
     """One VLAN ID, 1 to 4094."""
-    if not text.strip().isdigit() or int(text) not in VLAN_IDS:
+    digits = text.strip()
+    # ASCII digits only: str.isdigit() is true of '²', which int() refuses.
+    if not (digits.isascii() and digits.isdigit()) or int(digits) not in VLAN_IDS:
         raise MetadataError(domain, f"{key} '{text}' is not a VLAN ID (1-4094)", mac)
-    return int(text)
+    return int(digits)
 
 
 def parse_trunk(text: str, domain: str, mac: str) -> tuple[int, ...]:

@@ -185,3 +185,21 @@ def test_live_xml_still_checks_the_form_of_present_interfaces():
                             meta(MAC2, "bridge", uplink="lan")))
     with pytest.raises(MetadataError, match="needs <target dev='NAME' managed='no'/>"):
         domain_from_tree(root, "web1", live=True)
+
+
+# --- VLANs: vlan and trunk ------------------------------------------------------------------
+
+def test_vlan_and_trunk_parse():
+    parsed = domain(meta(MAC1, "bridge", uplink="lan", vlan="10", trunk="30,20-22"),
+                    hook_owned(MAC1),
+                    meta(MAC2, "direct", uplink="lan", vlan=" 4094 "), hook_owned(MAC2))
+    first, second = (t.attachment for t in parsed.tagged)
+    assert (first.vlan, first.trunk, first.vlans) == (10, (20, 21, 22, 30), (10, 20, 21, 22, 30))
+    assert (second.vlan, second.trunk, second.vlans) == (4094, (), (4094,))
+
+
+@pytest.mark.parametrize("vlan", ["0", "4095", "", "a", "-1", "+5", "10 20", "1.5", "²", "٣"])
+def test_bad_vlan_is_one_line_naming_domain_and_mac(vlan):
+    message = _error(domain_xml(meta(MAC1, "bridge", uplink="lan", vlan=vlan),
+                                hook_owned(MAC1)))
+    assert message == f"domain web1 interface {MAC1}: vlan '{vlan}' is not a VLAN ID (1-4094)"
