@@ -276,6 +276,14 @@ def check_form(domain: str, tagged: TaggedInterface) -> None:
         raise MetadataError(domain, f"<interface type='{device.type}'> cannot be tagged; "
                             "use type 'ethernet' (hook-owned) or bridge, direct, network",
                             tagged.mac)
+    elif kind == "bridge" and tagged.attachment.vlans:
+        # libvirt makes a native interface's tap while it builds qemu's command line,
+        # after the prepare hook (qemu_process.c, qemuProcessLaunch): only a tap that
+        # kvmhooks builds can be on its VLANs before qemu opens it.
+        raise MetadataError(domain, "VLANs on type 'bridge' take the hook-owned form "
+                            "<interface type='ethernet'> with <target dev='NAME' "
+                            "managed='no'/> (kvmhooks sets them on the tap it builds; "
+                            "libvirt makes its own tap after the prepare hook)", tagged.mac)
 
 
 def _local(tag: str) -> str:

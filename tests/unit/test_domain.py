@@ -203,3 +203,29 @@ def test_bad_vlan_is_one_line_naming_domain_and_mac(vlan):
     message = _error(domain_xml(meta(MAC1, "bridge", uplink="lan", vlan=vlan),
                                 hook_owned(MAC1)))
     assert message == f"domain web1 interface {MAC1}: vlan '{vlan}' is not a VLAN ID (1-4094)"
+
+
+@pytest.mark.parametrize("vlans", [{"vlan": "10"}, {"trunk": "20-21"},
+                                   {"vlan": "10", "trunk": "20"}])
+@pytest.mark.parametrize("device", [native_bridge(MAC1, "br-lan"), native_direct(MAC1, "eth1"),
+                                    native_network(MAC1, "default")])
+def test_vlans_on_type_bridge_refuse_the_native_form(vlans, device):
+    """Hand-written metadata too, not only `kvmhooks attach --native`: any native form
+    of a type bridge attachment (migrate and apply would make it type='bridge')."""
+    message = _error(domain_xml(meta(MAC1, "bridge", uplink="lan", **vlans), device))
+    assert message == (f"domain web1 interface {MAC1}: VLANs on type 'bridge' take the "
+                       "hook-owned form <interface type='ethernet'> with <target dev='NAME' "
+                       "managed='no'/> (kvmhooks sets them on the tap it builds; libvirt "
+                       "makes its own tap after the prepare hook)")
+
+
+def test_vlan_on_type_direct_takes_either_form():
+    parsed = domain(meta(MAC1, "direct", uplink="lan", vlan="10"), native_direct(MAC1, "eth1"),
+                    meta(MAC2, "direct", uplink="lan", vlan="10"), hook_owned(MAC2))
+    assert [(t.attachment.vlan, t.hook_owned) for t in parsed.tagged] == [(10, False),
+                                                                         (10, True)]
+
+
+def test_type_bridge_without_vlans_keeps_the_native_form():
+    assert not domain(meta(MAC1, "bridge", uplink="lan"),
+                      native_bridge(MAC1, "br-lan")).tagged[0].hook_owned
