@@ -296,9 +296,9 @@ def check_form(domain: str, tagged: TaggedInterface) -> None:
                             "use type 'ethernet' (hook-owned) or bridge, direct, network",
                             tagged.mac)
     elif kind == "bridge" and tagged.attachment.vlans:
-        # libvirt makes a native interface's tap while it builds qemu's command line,
-        # after the prepare hook (qemu_process.c, qemuProcessLaunch): only a tap that
-        # kvmhooks builds can be on its VLANs before qemu opens it.
+        # libvirt makes a native interface's tap itself, after the prepare hook (its
+        # qemu_process.c runs the hook first, then sets up the network devices): only a
+        # tap that kvmhooks builds can be on its VLANs before qemu opens it.
         raise MetadataError(domain, "VLANs on type 'bridge' take the hook-owned form "
                             "<interface type='ethernet'> with <target dev='NAME' "
                             "managed='no'/> (kvmhooks sets them on the tap it builds; "
