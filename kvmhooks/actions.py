@@ -10,8 +10,8 @@ import re
 from dataclasses import dataclass, replace
 from typing import ClassVar, Protocol
 
+from .domain import format_trunk
 from .inventory import Address, PortVlans, Route
-from .names import format_vlans
 
 
 class Backend(Protocol):
@@ -432,5 +432,5 @@ def describe_vlans(vlans: PortVlans) -> str:
     words = [f"PVID {vlans.pvid} untagged" if vlans.pvid in vlans.untagged
              else f"PVID {vlans.pvid}"] if vlans.pvid else []
     if vlans.tagged:
-        words.append(f"tagged {format_vlans(vlans.tagged)}")
+        words.append(f"tagged {format_trunk(vlans.tagged)}")
     return ", ".join(words) or "none"

@@ -12,7 +12,7 @@ import tempfile
 
 from . import __version__
 from . import config as config_module
-from .domain import DIRECT_MODES, KINDS, Attachment
+from .domain import DIRECT_MODES, KINDS, Attachment, format_trunk, parse_vlans
 from .errors import HostError, KvmhooksError, UsageError
 
 # hookclient.py runs alone under `python3 -I -S` and checks NIC events too: their actions
@@ -72,9 +72,16 @@ def _parser() -> argparse.ArgumentParser:
                         help="a libvirt network (--type network; always the native form)")
     attach.add_argument("--mode", choices=DIRECT_MODES,
                         help="the macvtap's mode (--type direct; default bridge)")
+    attach.add_argument("--vlan", metavar="ID",
+                        help="the access VLAN (1-4094), whose frames the guest sees "
+                             "untagged (--type bridge or direct)")
+    attach.add_argument("--trunk", metavar="LIST",
+                        help="VLANs the guest sees tagged, IDs and ranges such as "
+                             "100,200-210 (--type bridge)")
     attach.add_argument("--native", action="store_true",
                         help="write type bridge/direct with this host's source instead of "
-                             "the hook-owned form")
+                             "the hook-owned form (VLANs on type bridge take the "
+                             "hook-owned form)")
     attach.set_defaults(run=_attach)
 
     in_line = commands.add_parser("apply", help="bring definitions and running guests in line")
@@ -208,6 +215,10 @@ def _attach(args) -> int:
         raise UsageError(f"--mac: '{args.mac}' is not a MAC address")
     if args.mode and args.type != "direct":
         raise UsageError("--mode applies only to --type direct")
+    if args.trunk is not None and args.type != "bridge":
+        raise UsageError("--trunk applies only to --type bridge")
+    if args.vlan is not None and args.type == "network":
+        raise UsageError("--vlan applies only to --type bridge or direct")
     if args.type == "network":
         if args.network is None or args.uplink is not None:
             raise UsageError("--type network takes --network NAME and no --uplink")
@@ -217,12 +228,22 @@ def _attach(args) -> int:
         return 0
     if args.uplink is None or args.network is not None:
         raise UsageError(f"--type {args.type} takes --uplink NAME and no --network")
+    # The metadata parser's checks and words: a bad ID is the same line either way.
+    vlan, trunk = parse_vlans(args.vlan, args.trunk, args.domain, mac)
     attachment = Attachment(mac, args.type, uplink=args.uplink,
-                            mode=(args.mode or "bridge") if args.type == "direct" else None)
+                            mode=(args.mode or "bridge") if args.type == "direct" else None,
+                            vlan=vlan, trunk=trunk)
     attach(args.domain, attachment, args.native)
-    form = "native" if args.native else "hook-owned"
+    details = [args.type]
+    if attachment.mode:
+        details.append(f"mode {attachment.mode}")
+    if vlan is not None:
+        details.append(f"vlan {vlan}")
+    if trunk:
+        details.append(f"trunk {format_trunk(trunk)}")
+    details.append("native" if args.native else "hook-owned")
     print(f"domain {args.domain}: interface {mac} attached to uplink {args.uplink} "
-          f"({args.type}{', mode ' + attachment.mode if attachment.mode else ''}, {form})")
+          f"({', '.join(details)})")
     return 0
 
 

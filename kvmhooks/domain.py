@@ -7,6 +7,7 @@ type='ethernet', or native bridge/direct/network).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from lxml import etree
@@ -194,21 +195,30 @@ def _attachment(element: etree._Element, domain: str) -> Attachment:
     network = element.get("network")
     if kind == "network" and not network:
         raise MetadataError(domain, "type 'network' needs network", mac)
-    vlan = element.get("vlan")
-    vlan = parse_vlan(vlan, domain, mac) if vlan is not None else None
-    trunk = parse_trunk(element.get("trunk"), domain, mac) if "trunk" in element.attrib else ()
-    if vlan is not None and vlan in trunk:
-        raise MetadataError(domain, f"VLAN {vlan} is both the access VLAN (vlan) and in the "
-                            "trunk", mac)
+    vlan, trunk = parse_vlans(element.get("vlan"), element.get("trunk"), domain, mac)
     return Attachment(mac=mac, kind=kind, uplink=uplink, mode=mode, network=network,
                       vlan=vlan, trunk=trunk)
 
 
+def parse_vlans(vlan: str | None, trunk: str | None, domain: str,
+                mac: str) -> tuple[int | None, tuple[int, ...]]:
+    """The vlan and trunk attributes (None: absent) as an Attachment holds them; the
+    metadata parser and `kvmhooks attach` share these checks and their words."""
+    access = parse_vlan(vlan, domain, mac) if vlan is not None else None
+    tagged = parse_trunk(trunk, domain, mac) if trunk is not None else ()
+    if access is not None and access in tagged:
+        raise MetadataError(domain, f"VLAN {access} is both the access VLAN (vlan) and in the "
+                            "trunk", mac)
+    return access, tagged
+
+
 def parse_vlan(text: str, domain: str, mac: str, key: str = "vlan") -> int:
     """One VLAN ID, 1 to 4094."""
-    if not text.strip().isdigit() or int(text) not in VLAN_IDS:
+    digits = text.strip()
+    # ASCII digits only: str.isdigit() is true of '²', which int() refuses.
+    if not (digits.isascii() and digits.isdigit()) or int(digits) not in VLAN_IDS:
         raise MetadataError(domain, f"{key} '{text}' is not a VLAN ID (1-4094)", mac)
-    return int(text)
+    return int(digits)
 
 
 def parse_trunk(text: str, domain: str, mac: str) -> tuple[int, ...]:
@@ -222,6 +232,17 @@ def parse_trunk(text: str, domain: str, mac: str) -> tuple[int, ...]:
             raise MetadataError(domain, f"trunk range '{part.strip()}' runs backwards", mac)
         vlans.update(range(low, high + 1))
     return tuple(sorted(vlans))
+
+
+def format_trunk(vlans: Iterable[int]) -> str:
+    """parse_trunk's inverse, compact: (20, 21, 22, 30) is '20-22,30'."""
+    runs: list[list[int]] = []
+    for vlan in sorted(set(vlans)):
+        if runs and vlan == runs[-1][1] + 1:
+            runs[-1][1] = vlan
+        else:
+            runs.append([vlan, vlan])
+    return ",".join(str(low) if low == high else f"{low}-{high}" for low, high in runs)
 
 
 def device_interfaces(root: etree._Element, domain: str) -> dict[str, DeviceInterface]:
@@ -274,6 +295,14 @@ def check_form(domain: str, tagged: TaggedInterface) -> None:
         raise MetadataError(domain, f"<interface type='{device.type}'> cannot be tagged; "
                             "use type 'ethernet' (hook-owned) or bridge, direct, network",
                             tagged.mac)
+    elif kind == "bridge" and tagged.attachment.vlans:
+        # libvirt makes a native interface's tap itself, after the prepare hook (its
+        # qemu_process.c runs the hook first, then sets up the network devices): only a
+        # tap that kvmhooks builds can be on its VLANs before qemu opens it.
+        raise MetadataError(domain, "VLANs on type 'bridge' take the hook-owned form "
+                            "<interface type='ethernet'> with <target dev='NAME' "
+                            "managed='no'/> (kvmhooks sets them on the tap it builds; "
+                            "libvirt makes its own tap after the prepare hook)", tagged.mac)
 
 
 def _local(tag: str) -> str:

@@ -106,14 +106,3 @@ def vlan_device_name(parent: str, vlan: int) -> str:
     """The 802.1Q sub-interface of parent for a VLAN, named as iproute2 and ifupdown do."""
     return f"{parent}.{vlan}"
 
-
-def format_vlans(vlans: tuple[int, ...]) -> str:
-    """Ascending VLAN IDs as the metadata's trunk writes them: (20, 21, 22, 30) ->
-    '20-22,30'."""
-    runs: list[list[int]] = []
-    for vlan in vlans:
-        if runs and vlan == runs[-1][1] + 1:
-            runs[-1][1] = vlan
-        else:
-            runs.append([vlan, vlan])
-    return ",".join(f"{low}-{high}" if high > low else str(low) for low, high in runs)

@@ -9,7 +9,7 @@ import copy
 from lxml import etree
 
 from .config import Config
-from .domain import NAMESPACE, Attachment, domain_from_tree, metadata_elements
+from .domain import NAMESPACE, Attachment, domain_from_tree, format_trunk, metadata_elements
 from .inventory import Inventory
 from .names import hook_owned_name
 from .resolve import resolve, resolve_all, uplink_for
@@ -117,6 +117,10 @@ def set_attachment(root: etree._Element, attachment: Attachment) -> None:
         entry.set("mode", attachment.mode)
     if attachment.network:
         entry.set("network", attachment.network)
+    if attachment.vlan is not None:
+        entry.set("vlan", str(attachment.vlan))
+    if attachment.trunk:
+        entry.set("trunk", format_trunk(attachment.trunk))
 
 
 def set_hook_owned(root: etree._Element, mac: str) -> None:

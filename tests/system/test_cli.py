@@ -8,6 +8,7 @@ import pytest
 from lxml import etree
 
 from kvmhooks import __version__
+from kvmhooks.domain import NAMESPACE
 from tests.lab.commands import kvmhooks, record, run_hook
 from tests.lab.domains import Iface, domain_xml
 from tests.lab.links import (
@@ -147,6 +148,57 @@ def test_attach_a_libvirt_network_and_the_usage_lines(libvirt_conn, cleanup, kh_
     assert (version.returncode, version.stdout) == (0, f"kvmhooks {__version__}\n")
 
 
+def test_attach_with_vlans_and_their_usage_lines(libvirt_conn, cleanup, kh_config,
+                                                 stand_in_nic):
+    up = lab_uplink(cleanup, stand_in_nic.name, bridge=True)
+    kh_config(up.table)
+    dom = define(libvirt_conn, domain_xml(unique_name("kt-dom-"), [], metadata=""), cleanup)
+    mac = guest_mac()
+
+    def entries() -> list[dict]:
+        """The persistent definition's kvmhooks metadata entries."""
+        definition = etree.fromstring(dom.XMLDesc(0x2).encode())
+        return [dict(entry.attrib) for entry in definition.xpath(
+            "metadata/kh:net/kh:interface", namespaces={"kh": NAMESPACE})]
+
+    attached = kvmhooks("attach", dom.name(), "--mac", mac, "--uplink", up.name,
+                        "--type", "bridge", "--vlan", "10", "--trunk", "21,20")
+    assert attached.returncode == 0, attached.stderr
+    assert attached.stdout == f"domain {dom.name()}: interface {mac} attached to uplink " \
+                              f"{up.name} (bridge, vlan 10, trunk 20-21, hook-owned)\n"
+    assert entries() == [{"mac": mac, "uplink": up.name, "type": "bridge", "vlan": "10",
+                          "trunk": "20-21"}]
+    (interface,) = etree.fromstring(dom.XMLDesc(0x2).encode()).xpath(
+        f"devices/interface[mac/@address='{mac}']")
+    assert (interface.get("type"), interface.find("target").get("managed")) == \
+        ("ethernet", "no")
+
+    before = dom.XMLDesc(0x2)
+    for args, line in [
+        (("--type", "bridge", "--uplink", up.name, "--vlan", "10", "--native"),
+         f"domain {dom.name()} interface {mac}: VLANs on type 'bridge' take the hook-owned "
+         "form <interface type='ethernet'> with <target dev='NAME' managed='no'/> (kvmhooks "
+         "sets them on the tap it builds; libvirt makes its own tap after the prepare hook)"),
+        (("--type", "direct", "--uplink", up.name, "--trunk", "20"),
+         "--trunk applies only to --type bridge"),
+        (("--type", "network", "--network", "kt-net", "--vlan", "10"),
+         "--vlan applies only to --type bridge or direct"),
+        (("--type", "bridge", "--uplink", up.name, "--vlan", "4095"),
+         f"domain {dom.name()} interface {mac}: vlan '4095' is not a VLAN ID (1-4094)"),
+        (("--type", "bridge", "--uplink", up.name, "--trunk", "30-20"),
+         f"domain {dom.name()} interface {mac}: trunk range '30-20' runs backwards"),
+    ]:
+        refused = kvmhooks("attach", dom.name(), "--mac", mac, *args)
+        assert (refused.returncode, refused.stderr) == (2, f"kvmhooks: {line}\n"), args
+    assert dom.XMLDesc(0x2) == before
+
+    again = kvmhooks("attach", dom.name(), "--mac", mac, "--uplink", up.name,
+                     "--type", "direct", "--vlan", "30")
+    assert again.returncode == 0, again.stderr
+    assert entries() == [{"mac": mac, "uplink": up.name, "type": "direct", "mode": "bridge",
+                          "vlan": "30"}], "the entry is replaced whole: no trunk stays"
+
+
 def test_apply_rewrites_a_definition_for_this_host(libvirt_conn, cleanup, kh_config,
                                                    stand_in_nic):
     up = lab_uplink(cleanup, stand_in_nic.name)
@@ -257,9 +309,9 @@ def test_check_config_and_install(tmp_path, cleanup):
     bad.write_text('[uplink.lan]\nnic = "eth9"\ncolour = "red"\n')
     result = kvmhooks("check-config", str(bad))
     assert result.returncode == 2
-    assert result.stderr == f"kvmhooks: {bad}:3: uplink.lan.colour: unknown key " \
-        "(expected one of: bridge, domains, host_address, mac, mtu, nic, path, " \
-        "vlan_filtering)\n"
+    assert result.stderr == (f"kvmhooks: {bad}:3: uplink.lan.colour: unknown key "
+                             "(expected one of: bridge, domains, host_address, mac, mtu, "
+                             "nic, path, vlan_filtering)\n")
     root = tmp_path / "root"
     first = kvmhooks("install", "--root", str(root))
     second = kvmhooks("install", "--root", str(root))

@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from kvmhooks.domain import Attachment, domain_from_tree, parse_domain
+from kvmhooks.domain import (
+    Attachment,
+    domain_from_tree,
+    format_trunk,
+    parse_domain,
+    parse_trunk,
+    parse_vlans,
+)
 from kvmhooks.errors import MetadataError
 from kvmhooks.sources import DirectSource, current_source
 from kvmhooks.xmlsafe import MAX_XML_BYTES, parse
@@ -185,3 +194,118 @@ def test_live_xml_still_checks_the_form_of_present_interfaces():
                             meta(MAC2, "bridge", uplink="lan")))
     with pytest.raises(MetadataError, match="needs <target dev='NAME' managed='no'/>"):
         domain_from_tree(root, "web1", live=True)
+
+
+# --- VLANs: vlan and trunk ------------------------------------------------------------------
+
+def test_vlan_and_trunk_parse():
+    parsed = domain(meta(MAC1, "bridge", uplink="lan", vlan="10", trunk="30,20-22"),
+                    hook_owned(MAC1),
+                    meta(MAC2, "direct", uplink="lan", vlan=" 4094 "), hook_owned(MAC2))
+    first, second = (t.attachment for t in parsed.tagged)
+    assert (first.vlan, first.trunk, first.vlans) == (10, (20, 21, 22, 30), (10, 20, 21, 22, 30))
+    assert (second.vlan, second.trunk, second.vlans) == (4094, (), (4094,))
+
+
+@pytest.mark.parametrize("vlan", ["0", "4095", "", "a", "-1", "+5", "10 20", "1.5", "²", "٣"])
+def test_bad_vlan_is_one_line_naming_domain_and_mac(vlan):
+    message = _error(domain_xml(meta(MAC1, "bridge", uplink="lan", vlan=vlan),
+                                hook_owned(MAC1)))
+    assert message == f"domain web1 interface {MAC1}: vlan '{vlan}' is not a VLAN ID (1-4094)"
+
+
+@pytest.mark.parametrize("trunk, message", [
+    ("0", "trunk '0' is not a VLAN ID (1-4094)"),
+    ("4095", "trunk '4095' is not a VLAN ID (1-4094)"),
+    ("10-4095", "trunk '4095' is not a VLAN ID (1-4094)"),
+    ("10-5", "trunk range '10-5' runs backwards"),
+    ("a", "trunk 'a' is not a VLAN ID (1-4094)"),
+    ("10,,20", "trunk '' is not a VLAN ID (1-4094)"),
+    ("", "trunk '' is not a VLAN ID (1-4094)"),
+    ("10-20-30", "trunk '20-30' is not a VLAN ID (1-4094)"),
+])
+def test_bad_trunk_is_one_line_naming_domain_and_mac(trunk, message):
+    assert _error(domain_xml(meta(MAC1, "bridge", uplink="lan", trunk=trunk),
+                             hook_owned(MAC1))) == f"domain web1 interface {MAC1}: {message}"
+
+
+def test_access_vlan_in_the_trunk_is_refused():
+    assert _error(domain_xml(meta(MAC1, "bridge", uplink="lan", vlan="20", trunk="10-30"),
+                             hook_owned(MAC1))) == (
+        f"domain web1 interface {MAC1}: VLAN 20 is both the access VLAN (vlan) and in the trunk")
+
+
+@pytest.mark.parametrize("parts, kind, allowed", [
+    ((meta(MAC1, "direct", uplink="lan", trunk="10"), hook_owned(MAC1)),
+     "direct", "mac, mode, type, uplink, vlan"),
+    ((meta(MAC1, "network", network="default", trunk="10"), native_network(MAC1, "default")),
+     "network", "mac, network, type"),
+])
+def test_trunk_is_for_type_bridge_only(parts, kind, allowed):
+    assert _error(domain_xml(*parts)) == (
+        f"domain web1 interface {MAC1}: unknown attribute 'trunk' for type '{kind}' "
+        f"(allowed: {allowed})")
+
+
+def test_vlan_is_not_for_type_network():
+    message = _error(domain_xml(meta(MAC1, "network", network="default", vlan="10"),
+                                native_network(MAC1, "default")))
+    assert message.startswith(f"domain web1 interface {MAC1}: unknown attribute 'vlan' for "
+                              "type 'network'")
+
+
+@pytest.mark.parametrize("vlans, text", [
+    ((), ""), ((5,), "5"), ((5, 6), "5-6"), ((20, 21, 22, 30), "20-22,30"),
+    ((1, 3, 4, 5, 4094), "1,3-5,4094"), ((30, 20, 21, 20), "20-21,30"),
+])
+def test_format_trunk_writes_ranges(vlans, text):
+    assert format_trunk(vlans) == text
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 4094), st.integers(0, 40)), min_size=1,
+                max_size=8))
+def test_a_trunk_formatted_parses_back_to_the_same_vlans(ranges):
+    """format_trunk(parse_trunk(x)) re-parses to parse_trunk(x), for any x of IDs and
+    ranges in any order, overlapping or not."""
+    text = ",".join(f"{low}-{min(low + extra, 4094)}" if extra else str(low)
+                    for low, extra in ranges)
+    vlans = parse_trunk(text, "web1", MAC1)
+    assert vlans == tuple(sorted({v for low, extra in ranges
+                                  for v in range(low, min(low + extra, 4094) + 1)}))
+    compact = format_trunk(vlans)
+    assert parse_trunk(compact, "web1", MAC1) == vlans
+    assert len(compact.split(",")) <= len(ranges)
+
+
+def test_parse_vlans_is_what_the_metadata_parser_reads():
+    assert parse_vlans(None, None, "web1", MAC1) == (None, ())
+    assert parse_vlans("10", "21,20", "web1", MAC1) == (10, (20, 21))
+    with pytest.raises(MetadataError, match=f"^domain web1 interface {MAC1}: VLAN 20 is both"):
+        parse_vlans("20", "20", "web1", MAC1)
+
+
+@pytest.mark.parametrize("vlans", [{"vlan": "10"}, {"trunk": "20-21"},
+                                   {"vlan": "10", "trunk": "20"}])
+@pytest.mark.parametrize("device", [native_bridge(MAC1, "br-lan"), native_direct(MAC1, "eth1"),
+                                    native_network(MAC1, "default")])
+def test_vlans_on_type_bridge_refuse_the_native_form(vlans, device):
+    """Hand-written metadata too, not only `kvmhooks attach --native`: any native form
+    of a type bridge attachment (migrate and apply would make it type='bridge')."""
+    message = _error(domain_xml(meta(MAC1, "bridge", uplink="lan", **vlans), device))
+    assert message == (f"domain web1 interface {MAC1}: VLANs on type 'bridge' take the "
+                       "hook-owned form <interface type='ethernet'> with <target dev='NAME' "
+                       "managed='no'/> (kvmhooks sets them on the tap it builds; libvirt "
+                       "makes its own tap after the prepare hook)")
+
+
+def test_vlan_on_type_direct_takes_either_form():
+    parsed = domain(meta(MAC1, "direct", uplink="lan", vlan="10"), native_direct(MAC1, "eth1"),
+                    meta(MAC2, "direct", uplink="lan", vlan="10"), hook_owned(MAC2))
+    assert [(t.attachment.vlan, t.hook_owned) for t in parsed.tagged] == [(10, False),
+                                                                         (10, True)]
+
+
+def test_type_bridge_without_vlans_keeps_the_native_form():
+    assert not domain(meta(MAC1, "bridge", uplink="lan"),
+                      native_bridge(MAC1, "br-lan")).tagged[0].hook_owned

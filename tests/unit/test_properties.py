@@ -1,7 +1,8 @@
 """Properties of metadata and config parsing (hypothesis).
 
 (a) valid metadata, rendered any way the contract allows (namespace prefix, attribute order,
-    quotes, MAC case, comments, untagged interfaces), parses back to exactly its attachments;
+    quotes, MAC case, comments, untagged interfaces, trunk lists), parses back to exactly its
+    attachments;
 (b) one mutation of valid metadata (an unknown attribute, an invalid mode, a MAC missing from
     <devices>, a MAC listed twice) always raises MetadataError naming the domain and MAC;
 (c) arbitrary bytes and text raise nothing but MetadataError / ConfigError;
@@ -84,6 +85,27 @@ class Spec:
 
 
 @st.composite
+def vlan_attributes(draw, kind: str):
+    """(text, value) of vlan and of trunk, (None, None) and (None, ()) when absent: trunk
+    (bridge only) as IDs and ranges in any order, overlapping or not."""
+    vlan, trunk = (None, None), (None, ())
+    if draw(st.booleans()):
+        number = draw(st.integers(1, 4094))
+        vlan = (str(number), number)
+    if kind == "bridge" and draw(st.booleans()):
+        ranges = draw(st.lists(st.tuples(st.integers(1, 4094), st.integers(0, 3)),
+                               min_size=1, max_size=4))
+        parts, ids = [], set()
+        for low, extra in ranges:
+            high = min(low + extra, 4094)
+            parts.append(str(low) if low == high and draw(st.booleans()) else f"{low}-{high}")
+            ids.update(range(low, high + 1))
+        if vlan[1] not in ids:
+            trunk = (",".join(parts), tuple(sorted(ids)))
+    return vlan, trunk
+
+
+@st.composite
 def entries_and_devices(draw, mac: str):
     """One tagged interface: its metadata entry and its <devices> interface."""
     kind = draw(st.sampled_from(("bridge", "direct", "network")))
@@ -96,9 +118,15 @@ def entries_and_devices(draw, mac: str):
         mode = draw(st.none() | st.sampled_from(DIRECT_MODES)) if kind == "direct" else None
         if mode is not None:
             attrs["mode"] = mode
+        vlan, trunk = draw(vlan_attributes(kind))
+        attrs.update({key: text for key, (text, _) in (("vlan", vlan), ("trunk", trunk))
+                      if text is not None})
         expected = Attachment(mac, kind, uplink=attrs["uplink"],
-                              mode=(mode or "bridge") if kind == "direct" else None)
+                              mode=(mode or "bridge") if kind == "direct" else None,
+                              vlan=vlan[1], trunk=trunk[1])
     forms = ("bridge", "direct", "network") + (("ethernet",) if kind != "network" else ())
+    if kind == "bridge" and expected.vlans:
+        forms = ("ethernet",)  # VLANs on type bridge take the hook-owned form
     form = draw(st.sampled_from(forms))
     device = Device(draw(any_case(mac)), form)
     if form == "ethernet":
@@ -179,7 +207,7 @@ def test_valid_metadata_parses_back_to_its_attachments(spec, quote):
 # --- (b) one mutation -> MetadataError naming the domain and the MAC ---------------------
 
 UNKNOWN_ATTRIBUTES = st.from_regex(r"[a-z][a-z0-9_-]{0,8}", fullmatch=True).filter(
-    lambda name: name not in ("mac", "type", "uplink", "mode", "network")
+    lambda name: name not in ("mac", "type", "uplink", "mode", "network", "vlan", "trunk")
     and not name.startswith("xml"))
 INVALID_MODES = st.text(SAFE_CHARS, max_size=12).filter(lambda m: m not in DIRECT_MODES)
 

@@ -13,8 +13,15 @@ from pathlib import Path
 import pytest
 
 from kvmhooks.domain import Attachment, domain_from_tree
+from kvmhooks.errors import MetadataError
 from kvmhooks.planner import plan_sources
-from kvmhooks.rewrite import set_attachment, set_hook_owned, set_native, write_sources
+from kvmhooks.rewrite import (
+    attach_interface,
+    set_attachment,
+    set_hook_owned,
+    set_native,
+    write_sources,
+)
 from kvmhooks.sources import BridgeSource, DirectSource, NetworkSource
 from kvmhooks.xmlsafe import parse, serialize
 
@@ -74,6 +81,14 @@ ATTACH_CASES = {
                    BridgeSource("br-lan")),
     "network-existing": (Attachment(MAC1, "network", network="default"),
                          NetworkSource("default")),
+    "hook-owned-vlan": (Attachment(MAC1, "bridge", uplink="lan", vlan=10), None),
+    "hook-owned-vlan-trunk": (Attachment(MAC1, "bridge", uplink="lan", vlan=10,
+                                         trunk=(20, 21, 22, 30, 4094)), None),
+    "hook-owned-direct-vlan": (Attachment(MAC1, "direct", uplink="lan", mode="bridge",
+                                          vlan=4094), None),
+    # The native source of a direct VLAN is the NIC's VLAN sub-interface NIC.ID.
+    "native-direct-vlan": (Attachment(MAC1, "direct", uplink="lan", mode="private", vlan=10),
+                           DirectSource("eth1.10", "private")),
 }
 
 
@@ -90,3 +105,21 @@ def test_attach(case):
     tagged = {t.mac: t for t in domain_from_tree(parse(serialize(root))).tagged}
     assert tagged[MAC1].attachment == attachment
     assert tagged[MAC1].hook_owned is (native is None)
+
+
+def test_attach_without_vlans_drops_the_old_entrys_vlans():
+    root = read_in("attach", "hook-owned-vlan-trunk")
+    set_attachment(root, Attachment(MAC1, "bridge", uplink="lan"))
+    tagged = domain_from_tree(parse(serialize(root))).tagged
+    assert [t.attachment.vlans for t in tagged] == [(), (100, 101, 300)]
+
+
+def test_attach_native_type_bridge_with_vlans_is_refused():
+    """attach relies on the metadata parser's check of the form (domain.check_form)."""
+    root = read_in("attach", "hook-owned-vlan")
+    attachment = Attachment(MAC1, "bridge", uplink="lan", vlan=10)
+    with pytest.raises(MetadataError) as caught:
+        attach_interface(root, "web1", attachment, True, make_config(LAN_BRIDGE), INVENTORY)
+    assert str(caught.value).startswith(
+        f"domain attach-hook-owned-vlan interface {MAC1}: VLANs on type 'bridge' take the "
+        "hook-owned form <interface type='ethernet'>")
