@@ -17,13 +17,14 @@ import struct
 from dataclasses import replace
 
 from pyroute2 import IPRoute
-from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST
+from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST
 from pyroute2.netlink import exceptions as netlink_exceptions
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import (
     RTM_DELADDR,
     RTM_DELLINK,
     RTM_DELROUTE,
+    RTM_GETLINK,
     RTM_NEWADDR,
     RTM_NEWLINK,
 )
@@ -181,11 +182,21 @@ class Netlink:
                      if link.master in filtering else link for link in links]
         return Inventory(tuple(links))
 
+    def _bridge_ports(self):
+        """A dump of the bridge family with each port's VLANs. pyroute2 0.9's get_links
+        sends the family and the filter mask; earlier releases drop them, so the request
+        is spelled out there (0.9 reads no such request)."""
+        if hasattr(self.ipr, "asyncore"):  # 0.9
+            return self.ipr.get_links(family=AF_BRIDGE, ext_mask=RTEXT_FILTER_BRVLAN)
+        request = ifinfmsg()
+        request["family"] = AF_BRIDGE
+        request["attrs"] = [("IFLA_EXT_MASK", RTEXT_FILTER_BRVLAN)]
+        return self.ipr.nlm_request(request, RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP)
+
     def _port_vlans(self) -> dict[int, PortVlans]:
         """The VLANs of every bridge port, by index: one dump of the bridge family."""
         found = {}
-        for msg in self._dump("bridge ports' VLANs", self.ipr.get_links, family=AF_BRIDGE,
-                              ext_mask=RTEXT_FILTER_BRVLAN):
+        for msg in self._dump("bridge ports' VLANs", self._bridge_ports):
             spec = msg.get_attr("IFLA_AF_SPEC")
             entries = spec.get_attrs("IFLA_BRIDGE_VLAN_INFO") if spec is not None else []
             pvid, untagged, members = None, [], []
