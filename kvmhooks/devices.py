@@ -27,6 +27,7 @@ from .actions import (
     DelRoute,
     MarkLink,
     MoveRoute,
+    SetDown,
     SetMaster,
     SetMtu,
     SetPortVlans,
@@ -111,7 +112,12 @@ def tap_mac(guest_mac: str) -> str:
     return "fe" + guest_mac[2:]
 
 
-DEFAULT_PORT_VLANS = PortVlans(DEFAULT_PVID, (DEFAULT_PVID,), (DEFAULT_PVID,))
+def joining_vlans(bridge: Link | None) -> PortVlans:
+    """The VLANs a port has when it joins this bridge: its default VLAN, untagged (the
+    kernel's 1 where the bridge is new or does not say; none where it is 0)."""
+    default = DEFAULT_PVID if bridge is None or bridge.default_pvid is None \
+        else bridge.default_pvid
+    return PortVlans(default, (default,), (default,)) if default else PortVlans()
 
 
 def tap_vlans(attachment: Attachment) -> PortVlans | None:
@@ -288,7 +294,7 @@ class DevicePlanner:
                 if port.kind == "tun" and port.vlans is not None:
                     in_use.update(port.vlans.members)
         enslaved = bridge is not None and nic.master == bridge.index and nic.vlans is not None
-        has = nic.vlans if enslaved else DEFAULT_PORT_VLANS
+        has = nic.vlans if enslaved else joining_vlans(bridge)
         self.actions.extend(AddPortVlan(nic.name, vlan) for vlan in sorted(in_use)
                             if vlan not in has.members)
 
@@ -419,8 +425,9 @@ class DevicePlanner:
                 if mtu is not None and existing.mtu != mtu:
                     self.actions.append(SetMtu(name, mtu, existing.mtu))
                 if wanted.vlans is not None and existing.vlans != wanted.vlans:
-                    self.actions.append(SetPortVlans(name, wanted.vlans,
-                                                     existing.vlans or DEFAULT_PORT_VLANS))
+                    self.actions.append(SetPortVlans(
+                        name, wanted.vlans,
+                        existing.vlans or joining_vlans(self.inventory.by_name(wanted.lower))))
                 if not existing.up:
                     self.actions.append(SetUp(name))
                 return
@@ -429,7 +436,8 @@ class DevicePlanner:
             self.actions.append(CreateTap(name, wanted.mac, wanted.lower, mark, mtu,
                                           bool(wanted.multi_queue)))
             if wanted.vlans is not None:
-                self.actions.append(SetPortVlans(name, wanted.vlans, DEFAULT_PORT_VLANS))
+                self.actions.append(SetPortVlans(
+                    name, wanted.vlans, joining_vlans(self.inventory.by_name(wanted.lower))))
         else:
             self.actions.append(CreateMacvtap(name, wanted.mac, wanted.lower, wanted.mode,
                                               mark, mtu))
@@ -442,11 +450,17 @@ class DevicePlanner:
         tap = self.inventory.by_name(name) if name else None
         if tap is None or tap.kind != "tun" or (hook_owned_only and not tap.marked):
             return
-        if link_problem(tap, WantedLink("tun", bridge), self.inventory) is not None:
-            previous = self.inventory.by_index(tap.master)
+        if link_problem(tap, WantedLink("tun", bridge), self.inventory) is None:
+            return
+        previous = self.inventory.by_index(tap.master)
+        if vlans is None:
             self.actions.append(SetMaster(name, bridge, previous.name if previous else None))
-            if vlans is not None:
-                self.actions.append(SetPortVlans(name, vlans, DEFAULT_PORT_VLANS))
+            return
+        # Down while it joins: a port joins on the bridge's default VLAN, and a running
+        # guest's frames must not reach it before the tap has its own VLANs.
+        joining = [SetMaster(name, bridge, previous.name if previous else None),
+                   SetPortVlans(name, vlans, joining_vlans(self.inventory.by_name(bridge)))]
+        self.actions += [SetDown(name), *joining, SetUp(name)] if tap.up else joining
 
     def vlan_device(self, domain: Domain, tagged: TaggedInterface,
                     resolution: Resolution) -> None:

@@ -156,7 +156,8 @@ class Link:
     mtu: int = 1500
     multi_queue: bool | None = None  # a tun device's queue flag; None: not a tun, or unknown
     vlan_filtering: bool = False  # a bridge that filters VLANs
-    vlans: PortVlans | None = None  # a port of a filtering bridge: its VLANs
+    default_pvid: int | None = None  # a bridge's VLAN for new ports (0: none; None: unknown)
+    vlans: PortVlans | None = None  # a filtering bridge's, or a port's of one: its VLANs
     vlan_id: int | None = None  # an 802.1Q sub-interface's VLAN
     mark_pending: bool = False  # its mark comes from the creation journal, not the kernel
 

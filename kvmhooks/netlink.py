@@ -147,13 +147,15 @@ class Netlink:
         for msg in link_messages:
             index, name = msg["index"], msg.get_attr("IFLA_IFNAME")
             kind = msg.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND")
-            mode = multi_queue = vlan_id = None
+            mode = multi_queue = vlan_id = default_pvid = None
             vlan_filtering = False
             if kind == "tun":
                 multi_queue = _multi_queue(msg.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA"))
             elif kind == "bridge":
                 vlan_filtering = bool(msg.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA",
                                                      "IFLA_BR_VLAN_FILTERING"))
+                default_pvid = msg.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA",
+                                              "IFLA_BR_VLAN_DEFAULT_PVID")
             elif kind == "vlan":
                 vlan_id = msg.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA", "IFLA_VLAN_ID")
             if kind in ("macvlan", "macvtap"):
@@ -174,12 +176,14 @@ class Netlink:
                 prefix_routes=tuple(r for r in through if is_prefix_route(r, held)),
                 id_path=(id_paths or {}).get(name),
                 permanent_mac=msg.get_attr("IFLA_PERM_ADDRESS"), mtu=msg.get_attr("IFLA_MTU"),
-                multi_queue=multi_queue, vlan_filtering=vlan_filtering, vlan_id=vlan_id))
+                multi_queue=multi_queue, vlan_filtering=vlan_filtering, vlan_id=vlan_id,
+                default_pvid=default_pvid))
         filtering = {link.index for link in links if link.vlan_filtering}
-        if filtering:
+        if filtering:  # its ports' VLANs, and its own (the host's VLANs on it)
             vlans = self._port_vlans()
             links = [replace(link, vlans=vlans.get(link.index, PortVlans()))
-                     if link.master in filtering else link for link in links]
+                     if link.master in filtering or link.index in filtering else link
+                     for link in links]
         return Inventory(tuple(links))
 
     def _bridge_ports(self):

@@ -242,6 +242,7 @@ def plan_release(domain_name: str, domain_uuid: str, inventory: Inventory) -> Pl
         ports = inventory.ports(bridge)
         in_use = {vlan for port in ports if port.kind == "tun" and port.index not in gone
                   and port.vlans is not None for vlan in port.vlans.members}
+        in_use.update(bridge.vlans.members if bridge.vlans else ())  # the host's own
         for port in ports:
             if port.kind != "tun" and port.vlans is not None:
                 actions += [DelPortVlan(port.name, vlan) for vlan in port.vlans.tagged

@@ -151,7 +151,8 @@ def test_attach_a_libvirt_network_and_the_usage_lines(libvirt_conn, cleanup, kh_
 def test_attach_with_vlans_and_their_usage_lines(libvirt_conn, cleanup, kh_config,
                                                  stand_in_nic):
     up = lab_uplink(cleanup, stand_in_nic.name, bridge=True)
-    kh_config(up.table)
+    plain = lab_uplink(cleanup, stand_in_nic.name)  # the same NIC, without a bridge
+    kh_config(up.table + "\n" + plain.table)
     dom = define(libvirt_conn, domain_xml(unique_name("kt-dom-"), [], metadata=""), cleanup)
     mac = guest_mac()
 
@@ -187,16 +188,21 @@ def test_attach_with_vlans_and_their_usage_lines(libvirt_conn, cleanup, kh_confi
          f"domain {dom.name()} interface {mac}: vlan '4095' is not a VLAN ID (1-4094)"),
         (("--type", "bridge", "--uplink", up.name, "--trunk", "30-20"),
          f"domain {dom.name()} interface {mac}: trunk range '30-20' runs backwards"),
+        (("--type", "direct", "--uplink", up.name, "--vlan", "30"),
+         f"domain {dom.name()} interface {mac}: vlan on type 'direct' needs an uplink "
+         f"without a bridge (a macvtap sits on the NIC's VLAN sub-interface, and uplink "
+         f"'{up.name}' has its NIC on bridge {up.bridge}); use type 'bridge' with vlan"),
     ]:
         refused = kvmhooks("attach", dom.name(), "--mac", mac, *args)
         assert (refused.returncode, refused.stderr) == (2, f"kvmhooks: {line}\n"), args
     assert dom.XMLDesc(0x2) == before
 
-    again = kvmhooks("attach", dom.name(), "--mac", mac, "--uplink", up.name,
+    again = kvmhooks("attach", dom.name(), "--mac", mac, "--uplink", plain.name,
                      "--type", "direct", "--vlan", "30")
     assert again.returncode == 0, again.stderr
-    assert entries() == [{"mac": mac, "uplink": up.name, "type": "direct", "mode": "bridge",
-                          "vlan": "30"}], "the entry is replaced whole: no trunk stays"
+    assert entries() == [{"mac": mac, "uplink": plain.name, "type": "direct",
+                          "mode": "bridge", "vlan": "30"}], \
+        "the entry is replaced whole: no trunk stays"
 
 
 def test_apply_rewrites_a_definition_for_this_host(libvirt_conn, cleanup, kh_config,

@@ -14,15 +14,17 @@ from kvmhooks.actions import (
     CreateVlan,
     DeleteLink,
     DelPortVlan,
+    SetDown,
     SetMaster,
     SetPortVlans,
+    SetUp,
     SetVlanFiltering,
 )
-from kvmhooks.devices import DEFAULT_PORT_VLANS
+from kvmhooks.devices import joining_vlans
 from kvmhooks.errors import ForeignDevice, HostError, MetadataError
 from kvmhooks.inventory import PortVlans
 from kvmhooks.names import bridge_mark, guest_mark, vlan_mark
-from kvmhooks.planner import plan_release, plan_uplinks
+from kvmhooks.planner import plan_reconnect, plan_release, plan_uplinks
 from kvmhooks.resolve import resolve_affected
 from kvmhooks.status import domain_status
 
@@ -44,6 +46,7 @@ from .builders import (
 from .test_plan import MARK, MTU, TAP1, TAP1_MAC, TAP2, prepare
 
 ACCESS_10 = PortVlans(10, (10,), (10,))
+DEFAULT_PORT_VLANS = joining_vlans(None)  # VLAN 1, untagged: the kernel's default_pvid
 NIC_PORT = DEFAULT_PORT_VLANS  # a NIC just enslaved: the bridge's default VLAN, untagged
 
 
@@ -140,6 +143,34 @@ def test_a_nic_that_comes_back_carries_the_vlans_of_the_bridges_taps_again():
     plan = plan_uplinks(resolve_affected(config, inventory, "eth1"), config, inventory)
     assert plan.actions == (SetMaster("eth1", "br-lan", None), AddPortVlan("eth1", 10),
                             AddPortVlan("eth1", 20))
+
+
+def test_a_tap_put_back_on_its_bridge_is_down_until_it_has_its_vlans_again():
+    """After its bridge was made again, a running guest's tap joins on the default VLAN:
+    it carries no frame until it is on its own."""
+    host = own_bridge(filtering=True).tap(TAP1, TAP1_MAC, None)
+    config, inventory = make_config(LAN_BRIDGE), host.inventory()
+    plan, replugs = plan_reconnect(domain(*on_vlan(vlan="10")),
+                                   resolve_affected(config, inventory, "eth1"), config,
+                                   inventory)
+    assert plan.actions == (SetDown(TAP1), SetMaster(TAP1, "br-lan", None),
+                            SetPortVlans(TAP1, ACCESS_10, DEFAULT_PORT_VLANS), SetUp(TAP1))
+    assert replugs == ()
+
+
+def test_a_bridge_with_another_default_vlan_is_read_as_such():
+    host = Host().nic("eth1", master="br-lan", vlans=PortVlans(5, (5,), (5,))) \
+        .bridge("br-lan", alias=bridge_mark("lan"), vlan_filtering=True, default_pvid=5)
+    actions = prepare(LAN_BRIDGE, host, *on_vlan(vlan="10")).actions
+    assert actions[-1] == SetPortVlans(TAP1, ACCESS_10, PortVlans(5, (5,), (5,)))
+
+
+def test_release_keeps_the_vlans_the_host_itself_is_on():
+    host = own_bridge(filtering=True, nic_vlans=PortVlans(1, (1,), (1, 10, 50))) \
+        .tap(TAP1, TAP1_MAC, "br-lan", vlans=ACCESS_10)
+    host.specs["br-lan"]["vlans"] = PortVlans(1, (1,), (1, 50))  # br-lan.50: the host's
+    assert plan_release("web1", UUID, host.inventory()).actions == (
+        DeleteLink(TAP1, "guest web1 stopped"), DelPortVlan("eth1", 10))
 
 
 def test_release_takes_back_the_vlans_no_guest_is_on_any_more():
