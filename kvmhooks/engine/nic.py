@@ -61,9 +61,9 @@ def handle(action: str, ifname: str) -> list[str]:
         if not resolve_affected(config, inventory, ifname):
             return []
         state.count("nic_events")
-        lines = _repair_uplinks(session, ifname, config)
+        lines = _repair_uplinks(session, ifname)
         return lines + _in_turn(context, ifname,
-                                lambda: _reconnect_guests(session, ifname, config))
+                                lambda: _reconnect_guests(session, ifname))
 
 
 def _in_turn(context: str, ifname: str, work) -> list[str]:
@@ -91,10 +91,20 @@ def _failed(session: HostSession, config: Config, ifname: str, nic_index: int,
     return line
 
 
-def _repair_uplinks(session: HostSession, ifname: str, config: Config) -> list[str]:
+def _config_now() -> Config | None:
+    """The config as the host lock finds it. A handler may wait for the lock while the
+    config changes: an uplink taken out of it, and its bridge deleted, is not built again
+    from what the file said when the event came."""
+    return config_module.load_if_present()
+
+
+def _repair_uplinks(session: HostSession, ifname: str) -> list[str]:
     """The shared devices of the uplinks whose NIC is ifname: no libvirt needed."""
     context = session.context
     with session.locked():
+        config = _config_now()
+        if config is None:
+            return []
         inventory = session.scan(config)
         nic = inventory.by_name(ifname)
         if nic is None:  # gone again: its own event's handler says what was lost
@@ -189,7 +199,7 @@ def _losses(session: HostSession, ifname: str, action: str, lost: set[str]) -> l
     return lines
 
 
-def _reconnect_guests(session: HostSession, ifname: str, config: Config) -> list[str]:
+def _reconnect_guests(session: HostSession, ifname: str) -> list[str]:
     """Libvirt first (which guests run), then the host lock for the devices only, then
     libvirt again for the re-plugs: never libvirt under the host lock."""
     context = session.context
@@ -201,6 +211,9 @@ def _reconnect_guests(session: HostSession, ifname: str, config: Config) -> list
         return [line]
     lines, jobs = [], []
     with session.locked():
+        config = _config_now()
+        if config is None:
+            return []
         inventory = session.scan(config)
         nic = inventory.by_name(ifname)
         affected = resolve_affected(config, inventory, ifname)

@@ -396,3 +396,23 @@ def test_networkmanager_is_told_to_leave_kvmhooks_devices_alone(libvirt_conn, cl
     own = [tap.hook_owned_dev, macvtap.hook_owned_dev, shim_name(up.name)]
     assert [unmanaged(name) for name in own] == ["1", "1", "1"]
     assert [unmanaged(name) for name in (stand_in_nic.name, up.bridge)] == [None, None]
+
+
+def test_an_uplink_taken_out_of_the_config_while_its_handler_waits_is_not_built(
+        cleanup, kh_config, stand_in_nic):
+    """A handler reads the config again once it holds the host lock: an uplink removed
+    meanwhile (and its bridge with it) is not built again from what the file said when
+    the event came."""
+    up = lab_uplink(cleanup, stand_in_nic.name, bridge=True)
+    kh_config(up.table)
+    with state.host_lock():
+        handler = subprocess.Popen([sys.executable, "-m", "kvmhooks", "nic-event", "add",
+                                    stand_in_nic.name], stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+        cleanup.add(lambda: (handler.kill(), handler.wait()), _what="stop the handler")
+        time.sleep(2)  # it has read the config and waits for the lock
+        assert handler.poll() is None, "the handler waits for the host lock"
+        kh_config(lab_uplink(cleanup, "ktnic-gone").table)  # the uplink is gone
+    _, stderr = handler.communicate(timeout=30)
+    assert handler.returncode == 0, stderr
+    assert not link_exists(up.bridge) and link_info(stand_in_nic.name)["master"] is None
