@@ -75,11 +75,11 @@ def start(host, cleanup, iface: Iface, address: str, pings: list[str],
           vlans: dict[int, str] | None = None):
     guest = host.define_guest(cleanup, [iface], {iface.mac: address}, pings,
                               vlans={iface.mac: vlans} if vlans else None)
-    host.check(f"virsh -q start {guest.name}", timeout=180)
+    host.check(f"virsh -q start {guest.name}", timeout=300)
     return guest
 
 
-def reaches(guest, target: str, timeout: float = 120) -> bool:
+def reaches(guest, target: str, timeout: float = 240) -> bool:
     try:
         guest.wait_pinging(target, timeout=timeout)
         return True
@@ -89,7 +89,7 @@ def reaches(guest, target: str, timeout: float = 120) -> bool:
 
 def never_reaches(guest, target: str) -> bool:
     """Four rounds of failed pings of target, and not one success."""
-    guest.wait_line(ping_line(target, ok=False), timeout=120, count=4)
+    guest.wait_line(ping_line(target, ok=False), timeout=240, count=4)
     return not any(line.endswith(f"ping {target} ok") for line in guest.serial())
 
 
