@@ -179,6 +179,7 @@ class DevicePlanner:
         self.deleted_links: set[str] = set()
         self.planned_addresses: dict[str, list[Address]] = {}
         self.planned_mtus: dict[str, int] = {}  # shared devices whose MTU the plan sets
+        self.planned_filtering: set[str] = set()  # bridges the plan turns VLAN filtering on
 
     def mtu_of(self, name: str) -> int | None:
         """A shared device's MTU once the plan has run."""
@@ -267,10 +268,7 @@ class DevicePlanner:
         administrator's only when the uplink says so. Ports keep the bridge's default
         VLAN as their untagged one, so the host's own address and untagged guests stay
         where they were."""
-        if bridge is not None and bridge.vlan_filtering:
-            return
-        if name in [action.bridge for action in self.actions
-                    if isinstance(action, SetVlanFiltering)]:
+        if self.filters(name, bridge):
             return
         ours = bridge is None or bridge.alias == (self.bridge_mark or bridge_mark(uplink.name))
         if not ours and not uplink.vlan_filtering:
@@ -278,15 +276,17 @@ class DevicePlanner:
                             "not kvmhooks'; set vlan_filtering = true for this uplink to let "
                             "kvmhooks turn VLAN filtering on")
         self.actions.append(SetVlanFiltering(name, True))
+        self.planned_filtering.add(name)
+
+    def filters(self, name: str, bridge: Link | None) -> bool:
+        """Whether the bridge filters VLANs once the plan has run."""
+        return (bridge is not None and bridge.vlan_filtering) or name in self.planned_filtering
 
     def nic_port_vlans(self, nic: Link, name: str, bridge: Link | None,
                        vlans: frozenset[int]) -> None:
         """The NIC's port carries, tagged, every VLAN a guest on the bridge is on: those
         of the bridge's taps, and vlans. What the port has besides stays."""
-        filtering = (bridge is not None and bridge.vlan_filtering) or any(
-            isinstance(action, SetVlanFiltering) and action.bridge == name
-            for action in self.actions)
-        if not filtering:
+        if not self.filters(name, bridge):
             return
         in_use = set(vlans)
         if bridge is not None:

@@ -138,10 +138,15 @@ def _record_path(uuid: str) -> str:
 
 def write_record(uuid: str, record: dict) -> None:
     """What the last prepare of this domain did (the plan, as explain prints it)."""
-    path = _record_path(uuid)
+    _write_json(_record_path(uuid), record, indent=1)
+
+
+def _write_json(path: str, data: dict, indent: int | None = None) -> None:
+    """path holds data or what it held before, never half of it (a reader may look at any
+    moment; callers serialize writers)."""
     temporary = path + ".tmp"
     with open(temporary, "w", encoding="utf-8") as stream:
-        json.dump(record, stream, indent=1, sort_keys=True)
+        json.dump(data, stream, indent=indent, sort_keys=True)
     os.replace(temporary, path)
 
 
@@ -194,10 +199,7 @@ def count(name: str) -> None:
                 log.warning("%s; counting from 0 again", error)
                 counts = asdict(Counters())
             counts[name] += 1
-            temporary = path + ".tmp"
-            with open(temporary, "w", encoding="utf-8") as stream:
-                json.dump(counts, stream, sort_keys=True)
-            os.replace(temporary, path)
+            _write_json(path, counts)
     except OSError as error:
         where = f"{error.filename}: " if error.filename else ""
         log.warning("counter %s not updated: %s%s", name, where, error.strerror)
