@@ -68,22 +68,38 @@ def nic_event_lock(ifname: str):
     It is not the host lock: a handler calls libvirt, and libvirt may be waiting for a
     hook that waits for the host lock. Handlers take the host lock only around their
     own host changes, and never call libvirt while they hold it."""
-    gate = os.open(os.path.join(_directory("pending"),
-                                f"{_file_name('interface name', ifname)}.lock"),
-                   os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-    try:
-        try:
-            fcntl.flock(gate, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+    with waiting_slot("interface name", ifname, "lock") as release:
+        if release is None:
             yield False
             return
         with _flock(os.path.join(_directory(), "nic-events.lock")):
-            os.close(gate)
-            gate = -1
+            release()
             yield True
+
+
+@contextlib.contextmanager
+def waiting_slot(what: str, name: str, purpose: str):
+    """The one place in line behind whoever holds a lock, for ``name``'s ``purpose``:
+    yields a function that gives the place up (call it once the lock is held), or None
+    when another holds the place already; that one looks at the host after the caller's
+    event happened, so the caller has nothing left to do. A burst of events thus costs
+    two handlers' work, not one per event."""
+    slot = os.open(os.path.join(_directory("pending"), f"{_file_name(what, name)}.{purpose}"),
+                   os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    held = [slot]
+
+    def release() -> None:
+        if held:
+            os.close(held.pop())
+    try:
+        try:
+            fcntl.flock(slot, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield None
+            return
+        yield release
     finally:
-        if gate >= 0:
-            os.close(gate)
+        release()
 
 
 class CreationJournal:

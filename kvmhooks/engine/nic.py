@@ -44,7 +44,9 @@ def handle(action: str, ifname: str) -> list[str]:
     (kvmhooks_nic_events_total counts the others). For an uplink's NIC the
     shared devices (bridge, enslaved NIC, shim) are repaired at once, under the host lock
     alone, whatever libvirt and other NIC handlers do; then, one NIC handler at a time,
-    the guests: taps re-enslaved, dead macvtaps rebuilt and re-plugged through libvirt."""
+    the guests: taps re-enslaved, dead macvtaps rebuilt and re-plugged through libvirt.
+    Each part has one place in line per NIC: an event that finds it taken ends there,
+    so a flapping NIC's burst of events costs two handlers' work."""
     config = config_module.load_if_present()
     if config is None:
         return []
@@ -62,6 +64,8 @@ def handle(action: str, ifname: str) -> list[str]:
             return []
         state.count("nic_events")
         lines = _repair_uplinks(session, ifname)
+        if lines is None:
+            return [_waits_already(context, ifname)]
         return lines + _in_turn(context, ifname,
                                 lambda: _reconnect_guests(session, ifname))
 
@@ -71,9 +75,12 @@ def _in_turn(context: str, ifname: str, work) -> list[str]:
     same NIC waits for its turn already (it will see what this event left)."""
     with state.nic_event_lock(ifname) as mine:
         if not mine:
-            return [f"{context}: another handler for {ifname} is waiting; it will see "
-                    "this event"]
+            return [_waits_already(context, ifname)]
         return work()
+
+
+def _waits_already(context: str, ifname: str) -> str:
+    return f"{context}: another handler for {ifname} is waiting; it will see this event"
 
 
 def _failed(session: HostSession, config: Config, ifname: str, nic_index: int,
@@ -98,22 +105,28 @@ def _config_now() -> Config | None:
     return config_module.load_if_present()
 
 
-def _repair_uplinks(session: HostSession, ifname: str) -> list[str]:
-    """The shared devices of the uplinks whose NIC is ifname: no libvirt needed."""
+def _repair_uplinks(session: HostSession, ifname: str) -> list[str] | None:
+    """The shared devices of the uplinks whose NIC is ifname: no libvirt needed. None when
+    another handler for ifname waits to repair them: it sees this event, and this one
+    has nothing left to do."""
     context = session.context
-    with session.locked():
-        config = _config_now()
-        if config is None:
-            return []
-        inventory = session.scan(config)
-        nic = inventory.by_name(ifname)
-        if nic is None:  # gone again: its own event's handler says what was lost
-            return []
-        affected = resolve_affected(config, inventory, ifname)
-        try:
-            done = session.apply(plan_uplinks(affected, config, inventory).actions)
-        except KvmhooksError as error:
-            return [_failed(session, config, ifname, nic.index, context, error)]
+    with state.waiting_slot("interface name", ifname, "repair") as release:
+        if release is None:
+            return None
+        with session.locked():
+            release()
+            config = _config_now()
+            if config is None:
+                return []
+            inventory = session.scan(config)
+            nic = inventory.by_name(ifname)
+            if nic is None:  # gone again: its own event's handler says what was lost
+                return []
+            affected = resolve_affected(config, inventory, ifname)
+            try:
+                done = session.apply(plan_uplinks(affected, config, inventory).actions)
+            except KvmhooksError as error:
+                return [_failed(session, config, ifname, nic.index, context, error)]
     return [f"{context}: {step.describe()}" for step in done]
 
 

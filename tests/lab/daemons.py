@@ -70,8 +70,13 @@ def start_agent() -> int:
 
 def settle_nic_events(timeout: float = 15.0) -> None:
     """Wait until udev has run its queue and no `kvmhooks nic-event` handler runs."""
-    subprocess.run(["udevadm", "settle", f"--timeout={int(timeout)}"], check=False)
+    settle_udev(timeout)
     wait_for(lambda: not nic_event_handlers(), timeout, what="kvmhooks nic-event handlers")
+
+
+def settle_udev(timeout: float = 15.0) -> None:
+    """Wait (``timeout`` seconds at most) until udev has run the rules of every event."""
+    subprocess.run(["udevadm", "settle", f"--timeout={int(timeout)}"], check=False)
 
 
 def nic_event_handlers() -> list[int]:

@@ -8,11 +8,8 @@ import ipaddress
 import socket
 import struct
 import subprocess
-import threading
 import time
 from dataclasses import dataclass
-
-from pyroute2 import netns
 
 from .cleanup import Cleanup
 from .daemons import settle_nic_events
@@ -26,7 +23,7 @@ from .links import (
     ping,
 )
 from .names import IFNAMSIZ, TEST_PREFIX, random_mac, unique_name
-from .rtnl import rtnl
+from .rtnl import made_in_netns, rtnl
 from .wait import wait_for
 
 FOREVER = 0xFFFFFFFF  # a lifetime that never ends (IFA_CACHEINFO)
@@ -306,28 +303,20 @@ ETH_P_ALL = 0x0003
 
 
 class LanCapture:
-    """A raw packet socket on the LAN host's side of the stand-in NIC. Network namespaces
-    belong to threads: a thread of its own enters the LAN's and opens the socket there."""
+    """A raw packet socket on the LAN host's side of the stand-in NIC, opened inside the
+    LAN's namespace."""
 
     def __init__(self, ns: str, ifname: str):
-        opened: list = []
-
-        def open_in_namespace():
+        def open_packet_socket() -> socket.socket:
+            sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
             try:
-                netns.setns(ns, flags=0)
-                sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW,
-                                     socket.htons(ETH_P_ALL))
                 sock.bind((ifname, 0))
-                opened.append(sock)
-            except BaseException as error:  # noqa: BLE001 - raised below, in the test
-                opened.append(error)
+            except BaseException:
+                sock.close()
+                raise
+            return sock
 
-        thread = threading.Thread(target=open_in_namespace)
-        thread.start()
-        thread.join()
-        if isinstance(opened[0], BaseException):
-            raise opened[0]
-        self.sock = opened[0]
+        self.sock = made_in_netns(ns, open_packet_socket)
         self.sock.setblocking(False)
         self.frames: list[bytes] = []
 

@@ -5,7 +5,10 @@ error. Tests read links while kvmhooks changes them; kvmhooks reads again the sa
 
 from __future__ import annotations
 
-from pyroute2 import IPRoute, NetNS
+import os
+from typing import Callable, TypeVar
+
+from pyroute2 import IPRoute, netns
 from pyroute2.netlink import exceptions
 
 from kvmhooks.netlink import route_socket
@@ -42,9 +45,29 @@ class Rereading:
         return read
 
 
+T = TypeVar("T")
+
+
+def made_in_netns(ns: str, make: Callable[[], T]) -> T:
+    """``make()`` run with this thread in network namespace ``ns``, then back home.
+
+    A socket keeps the namespace it was made in, and setns(2) switches only the calling
+    thread. pyroute2's NetNS forks instead, which deadlocks now and then in a test
+    process whose other threads (libvirt calls, a flapping NIC) hold locks at the fork."""
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        netns.setns(ns, flags=0)
+        try:
+            return make()
+        finally:
+            netns.setns(home)
+    finally:
+        os.close(home)
+
+
 def rtnl(ns: str | None = None) -> Rereading:
     """A socket on the host, or inside network namespace ``ns``."""
-    return Rereading(NetNS(ns, flags=0) if ns else IPRoute())
+    return Rereading(made_in_netns(ns, IPRoute) if ns else IPRoute())
 
 
 def rtnl_decoding_all() -> Rereading:

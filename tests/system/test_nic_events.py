@@ -347,6 +347,31 @@ def test_nic_events_wait_for_other_handlers_only_with_their_guests(cleanup, kh_c
     assert handler.wait(30) == 0
 
 
+def test_a_burst_of_events_on_one_nic_costs_two_handlers_not_one_per_event(
+        cleanup, kh_config, stand_in_nic):
+    up = lab_uplink(cleanup, stand_in_nic.name, bridge=True)
+    kh_config(up.table)
+    settle_nic_events()
+    command = [sys.executable, "-m", "kvmhooks", "nic-event", "add", stand_in_nic.name]
+    handlers: list[subprocess.Popen] = []
+    cleanup.add(lambda: [(h.kill(), h.wait()) for h in handlers], _what="stop the handlers")
+    with state.host_lock():  # a hook at work: the first handler in line waits for it
+        stand_in_nic.recreate(host_address="")  # udev's handler may be first in line
+        handlers += [subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+                     for _ in range(6)]
+        done = wait_for(lambda: (lambda gone: gone if len(gone) >= 5 else None)(
+            [h for h in handlers if h.poll() is not None]), 30,
+            what="all handlers but the first in line gone")
+        for handler in done:
+            assert handler.returncode == 0
+            assert f"another handler for {stand_in_nic.name} is waiting" in \
+                handler.stdout.read()
+        assert not enslaved(stand_in_nic.name, up.bridge), "repaired under a held lock"
+    wait_for(lambda: enslaved(stand_in_nic.name, up.bridge), RECOVERY_SECONDS,
+             what="the NIC on its bridge once the lock is free")
+    assert [h.wait(30) for h in handlers] == [0] * len(handlers)
+
+
 def test_a_hung_replug_is_given_up_and_holds_up_no_other_nic(libvirt_conn, cleanup,
                                                              kh_config, syslog):
     nic_a, nic_b = StandInNic(cleanup), StandInNic(cleanup)
