@@ -68,7 +68,7 @@ def nic_event_lock(ifname: str):
     It is not the host lock: a handler calls libvirt, and libvirt may be waiting for a
     hook that waits for the host lock. Handlers take the host lock only around their
     own host changes, and never call libvirt while they hold it."""
-    with waiting_slot("interface name", ifname, "lock") as release:
+    with waiting_slot(ifname, "lock") as release:
         if release is None:
             yield False
             return
@@ -78,14 +78,15 @@ def nic_event_lock(ifname: str):
 
 
 @contextlib.contextmanager
-def waiting_slot(what: str, name: str, purpose: str):
-    """The one place in line behind whoever holds a lock, for ``name``'s ``purpose``:
+def waiting_slot(ifname: str, purpose: str):
+    """The one place in line behind whoever holds a lock, for NIC ``ifname``'s ``purpose``:
     yields a function that gives the place up (call it once the lock is held), or None
     when another holds the place already; that one looks at the host after the caller's
     event happened, so the caller has nothing left to do. A burst of events thus costs
     two handlers' work, not one per event."""
-    slot = os.open(os.path.join(_directory("pending"), f"{_file_name(what, name)}.{purpose}"),
-                   os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    path = os.path.join(_directory("pending"),
+                        f"{_file_name('interface name', ifname)}.{purpose}")
+    slot = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     held = [slot]
 
     def release() -> None:

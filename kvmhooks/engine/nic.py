@@ -110,7 +110,7 @@ def _repair_uplinks(session: HostSession, ifname: str) -> list[str] | None:
     another handler for ifname waits to repair them: it sees this event, and this one
     has nothing left to do."""
     context = session.context
-    with state.waiting_slot("interface name", ifname, "repair") as release:
+    with state.waiting_slot(ifname, "repair") as release:
         if release is None:
             return None
         with session.locked():

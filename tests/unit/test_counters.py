@@ -14,14 +14,6 @@ from kvmhooks.errors import HostError
 from kvmhooks.state import Counters
 
 
-@pytest.fixture
-def state_dir(monkeypatch, tmp_path):
-    directory = tmp_path / "state"
-    directory.mkdir(mode=0o700)
-    monkeypatch.setenv("KVMHOOKS_STATE_DIR", str(directory))
-    return directory
-
-
 def test_counters_are_0_before_anything_is_counted(state_dir):
     assert state.counters() == Counters(0, 0)
     os.rmdir(state_dir)

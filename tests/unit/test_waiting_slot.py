@@ -11,38 +11,30 @@ import pytest
 from kvmhooks import state
 
 
-@pytest.fixture
-def state_dir(monkeypatch, tmp_path):
-    directory = tmp_path / "state"
-    directory.mkdir(mode=0o700)
-    monkeypatch.setenv("KVMHOOKS_STATE_DIR", str(directory))
-    return directory
-
-
 def test_one_place_in_line_per_name_and_purpose(state_dir):
-    with state.waiting_slot("interface name", "eth-1", "repair") as release:
+    with state.waiting_slot("eth-1", "repair") as release:
         assert release is not None
-        with state.waiting_slot("interface name", "eth-1", "repair") as second:
+        with state.waiting_slot("eth-1", "repair") as second:
             assert second is None
-        with state.waiting_slot("interface name", "eth-2", "repair") as other_nic:
+        with state.waiting_slot("eth-2", "repair") as other_nic:
             assert other_nic is not None
-        with state.waiting_slot("interface name", "eth-1", "lock") as other_purpose:
+        with state.waiting_slot("eth-1", "lock") as other_purpose:
             assert other_purpose is not None
         release()
-        with state.waiting_slot("interface name", "eth-1", "repair") as after:
+        with state.waiting_slot("eth-1", "repair") as after:
             assert after is not None
 
 
 def test_a_slot_is_given_up_when_its_holder_leaves_without_releasing(state_dir):
-    with state.waiting_slot("interface name", "eth1", "repair") as release:
+    with state.waiting_slot("eth1", "repair") as release:
         assert release is not None
-    with state.waiting_slot("interface name", "eth1", "repair") as again:
+    with state.waiting_slot("eth1", "repair") as again:
         assert again is not None
 
 
 def test_a_name_that_is_no_file_name_is_refused(state_dir):
     with pytest.raises(Exception, match="interface name"):
-        with state.waiting_slot("interface name", "../x", "repair"):
+        with state.waiting_slot("../x", "repair"):
             pass
 
 
