@@ -20,7 +20,7 @@ from tests.lab.lock import take_lab_lock
 from .fleet import PlayRun, run_playbook, write_inventory
 from .host import KvmhooksHost, build_wheel
 from .image import MANAGED_NIC, STATIC_NIC
-from .machine import WORK_DIR, HostVM, Lan, VmNic
+from .machine import WORK_DIR, HostVM, Lan, VmNic, purge_stale_runs
 
 #: The bridge in the LAN's namespace that links the hosts for migrations and SSH.
 MIGRATION_LINK = "migration"
@@ -51,6 +51,8 @@ def vm_host(wheel):
         # One lab user at a time: the system tiers' leak checks would count the VM's LAN
         # namespace, and a TCG VM beside timed tests makes both slow.
         take_lab_lock(session)
+        for removed in purge_stale_runs():
+            print(f"removed what an interrupted vm session left: {removed}")
         lan = Lan(session)
         vm = HostVM(session, lan, [VmNic("uplink"), VmNic("static")])
         MEASURED["boot to multi-user"] = vm.boot()

@@ -78,7 +78,11 @@ class KvmhooksHost:
         self.migration_address: str | None = None
 
     def sh(self, script: str, timeout: float = 120) -> Completed:
-        return self.vm.agent.sh(script, timeout)
+        try:
+            return self.vm.agent.sh(script, timeout)
+        except OSError as error:  # timeouts too: what the console says tells why
+            raise type(error)(f"{error}; the VM's console ends:\n"
+                              f"{self.vm.console_tail(25)}") from error
 
     def check(self, script: str, timeout: float = 120) -> str:
         return self.sh(script, timeout).check().stdout

@@ -23,8 +23,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pyroute2 import netns
+
 from tests.lab.cleanup import Cleanup
-from tests.lab.links import create_netns
+from tests.lab.links import create_netns, remove_netns
 from tests.lab.names import Subnet, guest_mac, pick_subnet, unique_name
 from tests.lab.wait import wait_for
 
@@ -36,6 +38,9 @@ QEMU = "qemu-system-x86_64"
 #: PCIe root ports: one per NIC slot, so that each NIC can be unplugged and plugged.
 ROOT_PORTS = 4
 DHCP_LEASE = "2m"  # dnsmasq's shortest
+#: Seconds to the first renewal (DHCP option 58; half the lease when unset): NetworkManager's
+#: client renews three times a minute, so a test sees renewals without waiting out a lease.
+DHCP_RENEWAL = 20
 NETNS_PREFIX = "kvlan"
 
 
@@ -62,7 +67,8 @@ class Lan:
              "--no-resolv", "--no-hosts", "--port=0", f"--interface={self.BRIDGE}",
              "--bind-interfaces", f"--dhcp-leasefile={self.leases}",
              f"--dhcp-range={self.subnet.ip(100)},{self.subnet.ip(199)},{DHCP_LEASE}",
-             f"--dhcp-option=option:router,{self.host}", "--log-dhcp",
+             f"--dhcp-option=option:router,{self.host}",
+             f"--dhcp-option=option:T1,{DHCP_RENEWAL}", "--log-dhcp",
              f"--log-facility={self.dhcp_log}"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         cleanup.add(_stop, dnsmasq, _what="stop the LAN's dnsmasq")
@@ -234,6 +240,10 @@ class HostVM:
         """A clean reboot from inside (systemd stops everything); the seconds until the
         system is up again."""
         started = time.monotonic()
+        # A RESET of an earlier reboot, still queued, would pass for this one's: a command
+        # reads every event QEMU sent before its answer, and those are dropped.
+        self.qmp.execute("query-status")
+        self.qmp.events[:] = [e for e in self.qmp.events if e["event"] != "RESET"]
         self.agent.call("guest-exec", path="/bin/systemctl", arg=["reboot"])
         try:
             self.qmp.wait_event("RESET", 180)
@@ -242,6 +252,35 @@ class HostVM:
             raise TimeoutError(f"{error}; the console's last lines:\n{tail}") from None
         self.wait_system_up(timeout)
         return time.monotonic() - started
+
+
+def purge_stale_runs() -> list[str]:
+    """Remove what a vm session killed outright left (its QEMUs, LAN namespaces with their
+    dnsmasq, overlays, lease files); called with the lab lock held, so nothing of it is
+    in use. Returns what it removed."""
+    removed = []
+    for ns in sorted(n for n in netns.listnetns() if n.startswith(NETNS_PREFIX)):
+        pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True,
+                              text=True).stdout.split()
+        for pid in pids:  # QEMU and dnsmasq run in the namespace
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        wait_for(lambda ns=ns: not subprocess.run(["ip", "netns", "pids", ns],
+                                                  capture_output=True).stdout, 30,
+                 what=f"the processes of namespace {ns} gone")
+        remove_netns(ns)
+        removed.append(f"netns {ns} ({len(pids)} processes)")
+    stale = list(WORK_DIR.glob(f"{NETNS_PREFIX}*")) if WORK_DIR.exists() else []
+    stale += Path(tempfile.gettempdir()).glob(f"{NETNS_PREFIX}*")
+    for path in sorted(stale):
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(str(path))
+    return removed
 
 
 def _stop(process: subprocess.Popen) -> None:
