@@ -89,7 +89,8 @@ class TwoHosts:
 def two_hosts(vm_host, wheel, tmp_path_factory) -> TwoHosts:
     """A second host VM (1 vCPU, 1.5 GiB) beside the session's, nothing of kvmhooks on it
     until the role installs it; both accept live migrations over TCP on the link. Host a
-    keeps its new hostname and libvirt's TCP listener: this module is the tier's last."""
+    keeps its new hostname, the role's install and libvirt's TCP listener: the module that
+    follows (test_vlans) configures kvmhooks its own way and needs none of them undone."""
     module = Cleanup()
     try:
         lan, a = vm_host.lan, vm_host

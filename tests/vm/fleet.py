@@ -40,7 +40,9 @@ def run_playbook(netns: str, inventory: Path, playbook: str, *extra: str) -> Pla
     command = [str(Path(sys.executable).with_name("ansible-playbook")), "-i", str(inventory),
                str(PLAYBOOKS / playbook), *extra]
     env = {**os.environ, "ANSIBLE_HOST_KEY_CHECKING": "False", "ANSIBLE_NOCOLOR": "1",
-           "ANSIBLE_ROLES_PATH": str(PLAYBOOKS / "roles"), "ANSIBLE_RETRY_FILES_ENABLED": "0"}
+           "ANSIBLE_ROLES_PATH": str(PLAYBOOKS / "roles"), "ANSIBLE_RETRY_FILES_ENABLED": "0",
+           # A module runs over the SSH connection itself, without copying it first.
+           "ANSIBLE_PIPELINING": "1"}
     done = subprocess.run(["ip", "netns", "exec", netns, *command], capture_output=True,
                           text=True, env=env, timeout=900)
     recap = {}
