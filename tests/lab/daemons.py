@@ -32,7 +32,7 @@ def agent_pid() -> int | None:
     return pid if Path(f"/proc/{pid}").exists() and AGENT_SOCKET.exists() else None
 
 
-def _gone(pid: int) -> bool:
+def process_gone(pid: int) -> bool:
     """The process ended (a zombie child of this process is reaped)."""
     try:
         os.waitpid(pid, os.WNOHANG)
@@ -50,7 +50,7 @@ def stop_agent() -> None:
     if pid is None:
         return
     os.kill(pid, 15)
-    wait_for(lambda: _gone(pid), 10, what=f"agent {pid} to stop")
+    wait_for(lambda: process_gone(pid), 10, what=f"agent {pid} to stop")
     remove_file(AGENT_SOCKET)
 
 
@@ -128,7 +128,7 @@ def libvirtd_pid() -> int | None:
         pid = int(LIBVIRTD_PIDFILE.read_text().strip())
     except (OSError, ValueError):
         return None
-    return None if _gone(pid) else pid
+    return None if process_gone(pid) else pid
 
 
 def stop_libvirtd(cleanup: Cleanup) -> None:
@@ -138,7 +138,7 @@ def stop_libvirtd(cleanup: Cleanup) -> None:
     assert pid is not None, "the lab runs libvirtd (scripts/lab-setup starts it)"
     cleanup.add(start_libvirtd, _what="start libvirtd again")
     os.kill(pid, signal.SIGTERM)
-    wait_for(lambda: _gone(pid), 30, what=f"libvirtd {pid} to stop")
+    wait_for(lambda: process_gone(pid), 30, what=f"libvirtd {pid} to stop")
 
 
 def start_libvirtd() -> None:

@@ -4,16 +4,23 @@ agent listens; both do the same work."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import threading
+import time
+from pathlib import Path
 
+import libvirt
 import pytest
 
-from tests.lab.daemons import AGENT_SOCKET, agent_pid
+from kvmhooks import state
+from tests.lab.daemons import AGENT_SOCKET, agent_pid, process_gone, start_agent
 from tests.lab.domains import Iface, domain_xml
 from tests.lab.links import link_exists, link_info
 from tests.lab.names import guest_mac, unique_name
 from tests.lab.uplinks import lab_uplink
-from tests.lab.virt import define_and_start
+from tests.lab.virt import define, define_and_start
+from tests.lab.wait import wait_for
 
 pytestmark = pytest.mark.system
 
@@ -70,3 +77,51 @@ def test_the_agent_socket_is_root_only():
             os._exit(status)
     _, status = os.waitpid(child, 0)
     assert os.waitstatus_to_exitcode(status) == 3
+
+
+def waits_for_the_host_lock(pid: int) -> bool:
+    """Process ``pid`` is blocked on kvmhooks' host lock (a waiter in /proc/locks)."""
+    inode = os.stat(os.path.join(state.state_directory(), "lock")).st_ino
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()
+        if fields[1] == "->" and fields[5] == str(pid) and fields[6].endswith(f":{inode}"):
+            return True
+    return False
+
+
+def test_a_stopped_agent_answers_the_call_in_hand_before_it_leaves(libvirt_conn, cleanup,
+                                                                  kh_config, stand_in_nic):
+    """SIGTERM, what `systemctl stop` and an upgrade's restart send, lands while the agent
+    runs a guest's prepare: the start succeeds, the agent leaves once it has answered,
+    and calls made meanwhile run in-process."""
+    pid = agent_pid()
+    assert pid, "the lab runs an agent (scripts/lab-setup starts it)"
+    cleanup.add(lambda: agent_pid() or start_agent(), _what="start the kvmhooks agent again")
+    up = lab_uplink(cleanup, stand_in_nic.name)
+    kh_config(up.table)
+    iface = Iface(guest_mac(), "direct", up.name, "private")
+    dom = define(libvirt_conn, domain_xml(unique_name("kt-dom-"), [iface]), cleanup)
+    failures: list[libvirt.libvirtError] = []
+
+    def start() -> None:
+        try:
+            dom.create()
+        except libvirt.libvirtError as error:
+            failures.append(error)
+
+    starting = threading.Thread(target=start)
+    with state.host_lock():  # the agent's prepare waits here: the stop lands mid-call
+        starting.start()
+        wait_for(lambda: waits_for_the_host_lock(pid), 30,
+                 what="the agent's prepare waiting for the host lock")
+        os.kill(pid, signal.SIGTERM)
+        time.sleep(1)
+        assert not process_gone(pid), "the agent left with a call in hand"
+        assert not AGENT_SOCKET.exists(), "new calls must not reach the leaving agent"
+    starting.join(120)
+    assert not starting.is_alive() and failures == []
+    assert dom.isActive()
+    assert link_info(iface.hook_owned_dev)["mode"] == "private"
+    wait_for(lambda: process_gone(pid), 30, what="the agent to leave after answering")
+    dom.destroy()  # release, in-process
+    assert not link_exists(iface.hook_owned_dev)
