@@ -32,6 +32,15 @@ def agent_pid() -> int | None:
     return pid if Path(f"/proc/{pid}").exists() and AGENT_SOCKET.exists() else None
 
 
+def waits_for_a_lock(pid: int, path: str | None = None) -> bool:
+    """Whether process ``pid`` is blocked on a file lock (a "->" line in /proc/locks), on
+    the file at ``path`` if given."""
+    inode = f":{os.stat(path).st_ino}" if path else ""
+    with open("/proc/locks") as locks:
+        waiters = [line.split() for line in locks if " -> " in line]
+    return any(fields[5] == str(pid) and fields[6].endswith(inode) for fields in waiters)
+
+
 def process_gone(pid: int) -> bool:
     """The process ended (a zombie child of this process is reaped)."""
     try:

@@ -8,13 +8,12 @@ import signal
 import socket
 import threading
 import time
-from pathlib import Path
 
 import libvirt
 import pytest
 
 from kvmhooks import state
-from tests.lab.daemons import AGENT_SOCKET, agent_pid, process_gone, start_agent
+from tests.lab.daemons import AGENT_SOCKET, agent_pid, process_gone, start_agent, waits_for_a_lock
 from tests.lab.domains import Iface, domain_xml
 from tests.lab.links import link_exists, link_info
 from tests.lab.names import guest_mac, unique_name
@@ -79,16 +78,6 @@ def test_the_agent_socket_is_root_only():
     assert os.waitstatus_to_exitcode(status) == 3
 
 
-def waits_for_the_host_lock(pid: int) -> bool:
-    """Process ``pid`` is blocked on kvmhooks' host lock (a waiter in /proc/locks)."""
-    inode = os.stat(os.path.join(state.state_directory(), "lock")).st_ino
-    for line in Path("/proc/locks").read_text().splitlines():
-        fields = line.split()
-        if fields[1] == "->" and fields[5] == str(pid) and fields[6].endswith(f":{inode}"):
-            return True
-    return False
-
-
 def test_a_stopped_agent_answers_the_call_in_hand_before_it_leaves(libvirt_conn, cleanup,
                                                                   kh_config, stand_in_nic):
     """SIGTERM, what `systemctl stop` and an upgrade's restart send, lands while the agent
@@ -112,7 +101,8 @@ def test_a_stopped_agent_answers_the_call_in_hand_before_it_leaves(libvirt_conn,
     starting = threading.Thread(target=start)
     with state.host_lock():  # the agent's prepare waits here: the stop lands mid-call
         starting.start()
-        wait_for(lambda: waits_for_the_host_lock(pid), 30,
+        host_lock = os.path.join(state.state_directory(), "lock")
+        wait_for(lambda: waits_for_a_lock(pid, host_lock), 30,
                  what="the agent's prepare waiting for the host lock")
         os.kill(pid, signal.SIGTERM)
         time.sleep(1)

@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from tests.lab.commands import STATE_DIR
+from tests.lab.daemons import waits_for_a_lock
 from tests.lab.domains import Iface, domain_xml
 from tests.lab.links import link_exists
 from tests.lab.names import guest_mac, unique_name
@@ -20,13 +21,6 @@ from tests.lab.virt import define
 from tests.lab.wait import wait_for
 
 pytestmark = pytest.mark.system
-
-
-def waits_for_a_lock(pid: int) -> bool:
-    """Whether process pid is blocked on a file lock (a "->" line in /proc/locks)."""
-    with open("/proc/locks") as locks:
-        waiters = [line.split() for line in locks if " -> " in line]
-    return any(fields[5] == str(pid) for fields in waiters)
 
 
 def process_state(pid: int) -> str:

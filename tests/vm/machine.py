@@ -259,17 +259,18 @@ def purge_stale_runs() -> list[str]:
     dnsmasq, overlays, lease files); called with the lab lock held, so nothing of it is
     in use. Returns what it removed."""
     removed = []
-    for ns in sorted(n for n in netns.listnetns() if n.startswith(NETNS_PREFIX)):
-        pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True,
+    def pids_in(ns: str) -> list[str]:
+        return subprocess.run(["ip", "netns", "pids", ns], capture_output=True,
                               text=True).stdout.split()
+
+    for ns in sorted(n for n in netns.listnetns() if n.startswith(NETNS_PREFIX)):
+        pids = pids_in(ns)
         for pid in pids:  # QEMU and dnsmasq run in the namespace
             try:
                 os.kill(int(pid), signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        wait_for(lambda ns=ns: not subprocess.run(["ip", "netns", "pids", ns],
-                                                  capture_output=True).stdout, 30,
-                 what=f"the processes of namespace {ns} gone")
+        wait_for(lambda ns=ns: not pids_in(ns), 30, what=f"the processes of namespace {ns} gone")
         remove_netns(ns)
         removed.append(f"netns {ns} ({len(pids)} processes)")
     stale = list(WORK_DIR.glob(f"{NETNS_PREFIX}*")) if WORK_DIR.exists() else []
