@@ -100,15 +100,16 @@ def nm_state(host, device: str) -> str:
     return host.check(f"nmcli -g GENERAL.STATE device show {device}").strip()
 
 
-def through_a_networkmanager_restart(host, guest, holds) -> None:
+def through_a_networkmanager_restart(host, guests, holds) -> None:
     """``holds()`` before and after `systemctl restart NetworkManager` (given time to
-    re-apply what it would), and the guest pings the LAN host again after it."""
+    re-apply what it would), and the guests ping the LAN host again after it."""
     holds()
+    marks = [len(guest.serial()) for guest in guests]
     host.check("systemctl restart NetworkManager && nm-online -s -q -t 60 || true")
     time.sleep(10)
     holds()
-    mark = len(guest.serial())
-    guest.wait_pinging(host.lan.host, timeout=30, after=mark)
+    for guest, mark in zip(guests, marks):
+        guest.wait_pinging(host.lan.host, timeout=30, after=mark)
 
 
 def test_a_tagged_guest_starts_through_socket_activated_libvirt_and_agent(vm_host, cleanup):
@@ -164,10 +165,12 @@ def test_stopping_the_agent_mid_run_never_fails_a_guest_operation(vm_host, clean
     # The agent is stopped over and over while the guest stops and starts: each hook
     # call reaches a fresh agent through the socket, or runs in-process.
     cycles = host.sh(
-        "( for i in $(seq 40); do systemctl stop kvmhooks-agent.service; sleep 0.2; done ) &"
-        f" for i in 1 2 3; do virsh -q destroy {guest.name} && virsh -q start {guest.name}"
-        " || exit 1; done; wait", timeout=300)
+        f"( for i in 1 2 3; do virsh -q destroy {guest.name} && virsh -q start {guest.name}"
+        " || exit 1; done ) & cycles=$!; stops=0; "
+        "while kill -0 $cycles 2>/dev/null; do systemctl stop kvmhooks-agent.service; "
+        "stops=$((stops + 1)); sleep 0.2; done; echo $stops; wait $cycles", timeout=300)
     assert cycles.returncode == 0, cycles.stderr
+    assert int(cycles.stdout) >= 10, f"only {cycles.stdout.strip()} stops of the agent"
     assert host.check(f"virsh domstate {guest.name}").strip() == "running"
     assert host.check(f"ip -o link show {iface.hook_owned_dev}")
     assert agent_starts(host) - starts >= 2, \
@@ -364,8 +367,9 @@ def test_a_networkmanager_dhcp_nic_is_never_enslaved(vm_host, cleanup):
 
 def test_a_networkmanager_bridge_keeps_its_lease_and_kvmhooks_guests(vm_host, cleanup):
     """The README's way on a NetworkManager host: NetworkManager owns the bridge and its
-    DHCP client, kvmhooks puts guests on it. Through a lease renewal and a restart of
-    NetworkManager the host keeps its address and route, and the guest its port."""
+    DHCP client, kvmhooks puts guests on it (a tap, and a macvtap on the bridge). Through
+    lease renewals, a restart of NetworkManager and a hotplug of the NIC the host keeps
+    its address and route, and the guests their devices."""
     host = vm_host
     cleanup.add(host.sh, "nmcli connection delete kt-br-port kt-br; "
                 f"nmcli -w 30 connection up 'Wired connection 1' ifname {NIC}",
@@ -378,21 +382,33 @@ def test_a_networkmanager_bridge_keeps_its_lease_and_kvmhooks_guests(vm_host, cl
     wait_for(lambda: host.address("br-nm"), 60, what="the bridge's DHCP lease")
     lease = host.address("br-nm")
     host.configure(f'[uplink.lan]\nnic = "{NIC}"\nbridge = "br-nm"\n')
-    iface, guest = guest_on_bridge(host, cleanup, 19)
-    tap = iface.hook_owned_dev
+    on_tap, guest = guest_on_bridge(host, cleanup, 19)
+    on_macvtap, direct_guest = guest_on_macvtap(host, cleanup, 29)
+    guests = [guest, direct_guest]
 
     def host_as_it_was() -> None:
         assert host.address("br-nm") == lease
         assert host.address(NIC) is None, "no lease on the bridge's port"
         assert "dev br-nm" in host.check("ip route show default")
-        assert "master br-nm" in host.check(f"ip -o link show {tap}")
-        assert nm_state(host, tap) == "10 (unmanaged)"
+        assert "master br-nm" in host.check(f"ip -o link show {NIC}")
+        assert "master br-nm" in host.check(f"ip -o link show {on_tap.hook_owned_dev}")
+        assert macvtap_lower(host, on_macvtap.hook_owned_dev) == "br-nm"
+        for dev in (on_tap.hook_owned_dev, on_macvtap.hook_owned_dev):
+            assert nm_state(host, dev) == "10 (unmanaged)", dev
         assert host.sh(f"ping -c 1 -W 2 {host.lan.host}").returncode == 0
 
     acks = host.lan.acks(lease)
     wait_for(lambda: host.lan.acks(lease) - acks >= 2, 3 * DHCP_RENEWAL + 30,
              what=f"two renewals of {lease}, {DHCP_RENEWAL} s apart")
-    through_a_networkmanager_restart(host, guest, host_as_it_was)
+    through_a_networkmanager_restart(host, guests, host_as_it_was)
+
+    marks = [len(each.serial()) for each in guests]
+    replug(host, NIC)
+    for each, mark in zip(guests, marks):
+        each.wait_pinging(host.lan.host, timeout=60, after=mark)
+    wait_for(lambda: "master br-nm" in host.check(f"ip -o link show {NIC}"), 30,
+             what=f"NetworkManager's port profile putting {NIC} back on br-nm")
+    host_as_it_was()
 
 
 def test_a_networkmanager_static_nic_is_enslaved_and_stays_on_its_bridge(vm_host, cleanup):
@@ -410,4 +426,4 @@ def test_a_networkmanager_static_nic_is_enslaved_and_stays_on_its_bridge(vm_host
         assert nm_state(host, iface.hook_owned_dev) == "10 (unmanaged)"
         assert host.sh(f"ping -c 1 -W 2 {host.lan.host}").returncode == 0
 
-    through_a_networkmanager_restart(host, guest, on_the_bridge)
+    through_a_networkmanager_restart(host, [guest], on_the_bridge)
