@@ -36,6 +36,23 @@ def pytest_terminal_summary(terminalreporter):
             terminalreporter.write_line(f"{name}: {seconds:.1f} s")
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed vm test's report carries what each host VM's machine and console said."""
+    outcome = yield
+    report = outcome.get_result()
+    if not report.failed:
+        return
+    funcargs = getattr(item, "funcargs", {})
+    hosts = {}
+    if "vm_host" in funcargs:
+        hosts["host VM"] = funcargs["vm_host"]
+    if "two_hosts" in funcargs:
+        hosts["second host VM"] = funcargs["two_hosts"].b
+    for what, host in hosts.items():
+        report.sections.append((f"{what} ({report.when})", host.vm.diagnosis()))
+
+
 @pytest.fixture(scope="session")
 def wheel(tmp_path_factory) -> Path:
     return build_wheel(tmp_path_factory.mktemp("wheel"))
