@@ -116,7 +116,7 @@ def two_hosts(vm_host, wheel, tmp_path_factory) -> TwoHosts:
         a.vm.add_nic(a_link)
         module.add(a.vm.unplug, a_link.id, _what="unplug host a's migration NIC")
         b_link, b_uplink = VmNic("b-migration", segment=MIGRATION_LINK), VmNic("b-uplink")
-        vm = HostVM(module, lan, [b_link, b_uplink], memory_mib=1536, cpus=1)
+        vm = HostVM(module, lan, [b_link, b_uplink], memory_mib=1536)
         MEASURED["second host: boot to multi-user"] = vm.boot()
         b = KvmhooksHost(vm, lan)
         work = tmp_path_factory.mktemp("fleet")
