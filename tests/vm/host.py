@@ -71,6 +71,15 @@ class NestedGuest:
         return self.wait_line(ping_line(address), timeout, after, count=2)
 
 
+def pinging_again_after(action, guests: list[NestedGuest], target: str, timeout: float) -> None:
+    """``action()``, then each guest pings ``target`` again: twice after the serial line
+    it had reached before the action."""
+    marks = [len(guest.serial()) for guest in guests]
+    action()
+    for guest, mark in zip(guests, marks):
+        guest.wait_pinging(target, timeout=timeout, after=mark)
+
+
 class KvmhooksHost:
     def __init__(self, vm: HostVM, lan: Lan) -> None:
         self.vm, self.lan = vm, lan

@@ -114,16 +114,18 @@ class VmNic:
 class HostVM:
     """The host image booted with a copy-on-write overlay of its own (a reboot keeps it)."""
 
-    # One vCPU: with two, the VM stopped answering (QEMU spinning on both vCPU threads) or
-    # reset itself in about one full vm tier run of two, each time with nested guests
-    # running; TCG's emulation of SVM for a nested guest on one vCPU while the other waits
-    # on it is the suspect.
+    #: One vCPU: with two, the VM stopped answering (QEMU spinning on both vCPU threads) or
+    #: reset itself in about one full vm tier run of two, each time with nested guests
+    #: running; TCG's emulation of SVM for a nested guest on one vCPU while the other
+    #: waits on it is the suspect.
+    CPUS = 1
+
     def __init__(self, cleanup: Cleanup, lan: Lan, nics: list[VmNic], *,
-                 memory_mib: int = 2048, cpus: int = 1, image: HostImage | None = None):
+                 memory_mib: int = 2048, image: HostImage | None = None):
         if len(nics) > ROOT_PORTS:
             raise ValueError(f"at most {ROOT_PORTS} NICs")
         self.cleanup, self.lan, self.nics = cleanup, lan, {nic.id: nic for nic in nics}
-        self.memory_mib, self.cpus = memory_mib, cpus
+        self.memory_mib = memory_mib
         self.image = image or ensure_image()
         WORK_DIR.mkdir(parents=True, exist_ok=True)
         self.dir = Path(tempfile.mkdtemp(prefix=f"{lan.ns}-", dir=WORK_DIR))
@@ -150,7 +152,7 @@ class HostVM:
         args = [
             QEMU, "-name", self.lan.ns, "-nodefaults", "-display", "none",
             "-machine", "q35", "-accel", "tcg,thread=multi", "-cpu", "max",
-            "-smp", str(self.cpus), "-m", str(self.memory_mib),
+            "-smp", str(self.CPUS), "-m", str(self.memory_mib),
             "-kernel", str(self.image.kernel), "-initrd", str(self.image.initrd),
             # TCG fails the kernel's TSC checks, and the HPET it falls back to is emulated
             # on every clock read: tsc=reliable made a two-vCPU VM 15-25% faster.
@@ -224,11 +226,10 @@ class HostVM:
         if self.process is None or self.qmp is None:
             return "the VM is not running"
         try:
-            self.qmp.execute("query-status")  # reads every event QEMU sent before it
             events = ", ".join(
                 f"{event['event']} at "
                 f"{time.strftime('%H:%M:%S', time.gmtime(event['timestamp']['seconds']))}"
-                for event in self.qmp.events[-20:]) or "none"
+                for event in self.qmp.pending_events()[-20:]) or "none"
         except (OSError, QmpError) as error:
             events = f"unreadable ({error})"
         return f"QMP events not yet consumed (the last 20): {events}\n{self.console_tail(lines)}"
@@ -261,10 +262,9 @@ class HostVM:
         """A clean reboot from inside (systemd stops everything); the seconds until the
         system is up again."""
         started = time.monotonic()
-        # A RESET of an earlier reboot, still queued, would pass for this one's: a command
-        # reads every event QEMU sent before its answer, and those are dropped.
-        self.qmp.execute("query-status")
-        self.qmp.events[:] = [e for e in self.qmp.events if e["event"] != "RESET"]
+        # A reboot sends two RESETs: one of an earlier reboot, still queued, would pass
+        # for this one's.
+        self.qmp.drop_events("RESET")
         self.agent.call("guest-exec", path="/bin/systemctl", arg=["reboot"])
         try:
             self.qmp.wait_event("RESET", 180)

@@ -15,14 +15,15 @@ class QmpError(RuntimeError):
 
 
 class Qmp:
-    """A QMP client on QEMU's unix socket; events are kept in ``events`` as they pass."""
+    """A QMP client on QEMU's unix socket; events are kept as they pass, until a wait
+    consumes them."""
 
     def __init__(self, path: str, timeout: float = 30.0) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
         self.sock.connect(path)
         self.stream = self.sock.makefile("rb")
-        self.events: list[dict] = []
+        self._events: list[dict] = []
         self._read()  # the greeting
         self.execute("qmp_capabilities")
 
@@ -40,7 +41,7 @@ class Qmp:
         while True:
             message = self._read()
             if "event" in message:
-                self.events.append(message)
+                self._events.append(message)
             elif "error" in message:
                 raise QmpError(f"{command}: {message['error'].get('desc')}")
             elif "return" in message:
@@ -50,10 +51,10 @@ class Qmp:
         """The first event ``name`` (with ``data`` among its data) seen or still to come."""
         deadline = time.monotonic() + timeout
         while True:
-            for event in self.events:
+            for event in self._events:
                 if event["event"] == name and all(
                         event.get("data", {}).get(k) == v for k, v in data.items()):
-                    self.events.remove(event)
+                    self._events.remove(event)
                     return event
             left = deadline - time.monotonic()
             if left <= 0:
@@ -66,7 +67,18 @@ class Qmp:
             finally:
                 self.sock.settimeout(30.0)
             if "event" in message:
-                self.events.append(message)
+                self._events.append(message)
+
+    def pending_events(self) -> list[dict]:
+        """Every event QEMU sent up to now that no wait consumed (a command's answer comes
+        after every event sent before it)."""
+        self.execute("query-status")
+        return list(self._events)
+
+    def drop_events(self, name: str) -> None:
+        """Forget every event ``name`` sent up to now: a wait then sees only later ones."""
+        self.execute("query-status")
+        self._events[:] = [event for event in self._events if event["event"] != name]
 
     def close(self) -> None:
         self.stream.close()

@@ -14,6 +14,7 @@ from tests.lab.names import guest_mac
 from tests.lab.wait import wait_for
 
 from .conftest import MEASURED
+from .host import pinging_again_after
 from .image import MANAGED_NIC, STATIC_NIC
 from .machine import DHCP_RENEWAL
 
@@ -104,12 +105,13 @@ def through_a_networkmanager_restart(host, guests, holds) -> None:
     """``holds()`` before and after `systemctl restart NetworkManager` (given time to
     re-apply what it would), and the guests ping the LAN host again after it."""
     holds()
-    marks = [len(guest.serial()) for guest in guests]
-    host.check("systemctl restart NetworkManager && nm-online -s -q -t 60 || true")
-    time.sleep(10)
-    holds()
-    for guest, mark in zip(guests, marks):
-        guest.wait_pinging(host.lan.host, timeout=30, after=mark)
+
+    def restart() -> None:
+        host.check("systemctl restart NetworkManager && nm-online -s -q -t 60 || true")
+        time.sleep(10)
+        holds()
+
+    pinging_again_after(restart, guests, host.lan.host, 30)
 
 
 def test_a_tagged_guest_starts_through_socket_activated_libvirt_and_agent(vm_host, cleanup):
@@ -269,9 +271,7 @@ def test_a_nic_named_with_a_dash_gets_its_events_through_systemd(vm_host, cleanu
     configure(host, cleanup, f'[uplink.lan]\nnic = "{name}"\n'
               f'host_address = "{host.lan.subnet.addr(5)}"\n')
     iface, guest = guest_on_macvtap(host, cleanup, 16)
-    mark = len(guest.serial())
-    replug(host, name)
-    guest.wait_pinging(host.lan.host, timeout=120, after=mark)
+    pinging_again_after(lambda: replug(host, name), [guest], host.lan.host, 120)
     assert macvtap_lower(host, iface.hook_owned_dev) == name
     units = host.check("journalctl -b --no-pager -o cat _COMM=systemd "
                        f"| grep -F 'kvmhooks-nic@move:{name}:' || true")
@@ -285,9 +285,8 @@ def test_a_nic_that_comes_back_under_another_name_is_found_by_its_mac(vm_host, c
               f'host_address = "{host.lan.subnet.addr(5)}"\n')
     iface, guest = guest_on_macvtap(host, cleanup, 17)
     assert macvtap_lower(host, iface.hook_owned_dev) == NIC
-    mark = len(guest.serial())
-    name = renamed_nic(host, cleanup, "uplink7")
-    guest.wait_pinging(host.lan.host, timeout=120, after=mark)
+    name = "uplink7"
+    pinging_again_after(lambda: renamed_nic(host, cleanup, name), [guest], host.lan.host, 120)
     assert macvtap_lower(host, iface.hook_owned_dev) == name
     assert macvtap_lower(host, "kh-lan") == name
 
@@ -298,10 +297,9 @@ def test_a_bridged_uplinks_guests_come_back_after_a_nic_hotplug(vm_host, cleanup
     host = vm_host
     configure_bridged(host, cleanup, STATIC_NIC)
     _, guest = guest_on_bridge(host, cleanup, 18)
-    mark = len(guest.serial())
     plugged = time.monotonic()
-    replug(host, STATIC_NIC, "static")
-    guest.wait_pinging(host.lan.host, timeout=120, after=mark)
+    pinging_again_after(lambda: replug(host, STATIC_NIC, "static"), [guest], host.lan.host,
+                        120)
     MEASURED["NIC hotplug to bridged guest pinging again"] = time.monotonic() - plugged
     assert f"master {BRIDGE}" in host.check(f"ip -o link show {STATIC_NIC}")
 
@@ -338,10 +336,12 @@ def test_a_vlan_uplinks_guests_come_back_after_its_parent_flaps(vm_host, cleanup
     guest_a = host.start_guest(cleanup, [a], {a.mac: subnet.addr(21)}, [subnet.ip(22)])
     guest_b = host.start_guest(cleanup, [b], {b.mac: subnet.addr(22)}, [subnet.ip(21)])
     guest_a.wait_pinging(subnet.ip(22))
-    mark = len(guest_a.serial())
-    replug(host, STATIC_NIC, "static")  # the VLAN device goes with its parent
-    host.check(make_vlan)  # as the host's network configuration brings it back
-    guest_a.wait_pinging(subnet.ip(22), timeout=120, after=mark)
+
+    def flap() -> None:
+        replug(host, STATIC_NIC, "static")  # the VLAN device goes with its parent
+        host.check(make_vlan)  # as the host's network configuration brings it back
+
+    pinging_again_after(flap, [guest_a], subnet.ip(22), 120)
     guest_b.wait_pinging(subnet.ip(21), timeout=60)
     assert macvtap_lower(host, a.hook_owned_dev) == vlan
 
@@ -401,11 +401,7 @@ def test_a_networkmanager_bridge_keeps_its_lease_and_kvmhooks_guests(vm_host, cl
     wait_for(lambda: host.lan.acks(lease) - acks >= 2, 3 * DHCP_RENEWAL + 30,
              what=f"two renewals of {lease}, {DHCP_RENEWAL} s apart")
     through_a_networkmanager_restart(host, guests, host_as_it_was)
-
-    marks = [len(each.serial()) for each in guests]
-    replug(host, NIC)
-    for each, mark in zip(guests, marks):
-        each.wait_pinging(host.lan.host, timeout=60, after=mark)
+    pinging_again_after(lambda: replug(host, NIC), guests, host.lan.host, 60)
     wait_for(lambda: "master br-nm" in host.check(f"ip -o link show {NIC}"), 30,
              what=f"NetworkManager's port profile putting {NIC} back on br-nm")
     host_as_it_was()

@@ -14,6 +14,8 @@ from tests.lab.domains import Iface
 from tests.lab.guest import ping_line
 from tests.lab.names import guest_mac
 
+from .host import pinging_again_after
+
 pytestmark = pytest.mark.vm
 
 # One subnet for both VLANs: only the VLAN keeps a guest from a host of the other one.
@@ -142,12 +144,13 @@ def test_a_macvtap_guest_on_a_vlan_sits_on_the_nics_sub_interface(vlan_lan, clea
     detail = host.check(f"ip -d link show {sub}")
     assert "vlan protocol 802.1Q id 10" in detail and "kvmhooks:vlan:vd" in detail
 
-    mark = len(guest.serial())
-    host.check(f"ip link del {DIRECT_NIC} && ip link add {DIRECT_NIC} type veth peer name "
-               f"p-dir netns ktvsw && ip -n ktvsw link set p-dir master sw up && "
-               f"ip link set {DIRECT_NIC} up")
-    host.settle()
-    guest.wait_pinging(f"{V10}.2", timeout=120, after=mark)
+    def new_nic() -> None:
+        host.check(f"ip link del {DIRECT_NIC} && ip link add {DIRECT_NIC} type veth peer "
+                   f"name p-dir netns ktvsw && ip -n ktvsw link set p-dir master sw up && "
+                   f"ip link set {DIRECT_NIC} up")
+        host.settle()
+
+    pinging_again_after(new_nic, [guest], f"{V10}.2", 120)
     assert f"@{sub}:" in host.check(f"ip -o link show {iface.hook_owned_dev}")
 
     host.remove_guest(guest.name)
