@@ -199,12 +199,16 @@ def test_restarting_libvirt_keeps_every_guest_running_also_without_the_agent(vm_
         guest.wait_pinging(host.lan.host, timeout=30, after=mark)
 
 
-def test_after_a_reboot_guests_run_with_their_devices_and_the_bridge_holds_the_address(
+def test_a_networkmanager_static_nic_stays_bridged_through_its_restart_and_a_reboot(
         vm_host, cleanup):
     """A host as it is run: NetworkManager's static profile on the bridged uplink's NIC, a
-    macvtap uplink with a shim on the other NIC, a guest on each set to autostart. After
-    `systemctl reboot` both run and ping the LAN, the bridge holds the host's address and
-    the NIC is its port, and the shim is back: nothing done by hand."""
+    macvtap uplink with a shim on the other NIC, a guest on each set to autostart.
+
+    The first start enslaves the NIC: its noprefixroute address, its own prefix route and
+    the default route through the LAN move to the bridge kvmhooks makes (in an order the
+    kernel takes), and NetworkManager, restarted, puts nothing back on the port. After
+    `systemctl reboot` both guests run and ping the LAN, the bridge holds the host's
+    address and the NIC is its port, and the shim is back: nothing done by hand."""
     host = vm_host
     static = networkmanager_static_nic(host, cleanup)
     cleanup.add(host.sh, "ip link del kh-own", _what="remove the shim kh-own")
@@ -214,6 +218,13 @@ def test_after_a_reboot_guests_run_with_their_devices_and_the_bridge_holds_the_a
     direct = Iface(guest_mac(), "direct", "own", "bridge")
     guests = [guest_pinging(host, cleanup, iface, last_octet, autostart=True)
               for iface, last_octet in ((bridged, 15), (direct, 16))]
+
+    def on_the_bridge() -> None:
+        holds_the_hosts_address(host, static)
+        assert nm_state(host, bridged.hook_owned_dev) == "10 (unmanaged)"
+        assert host.sh(f"ping -c 1 -W 2 {host.lan.host}").returncode == 0
+
+    through_a_networkmanager_restart(host, guests, on_the_bridge)
     started = time.monotonic()
     MEASURED["reboot to multi-user"] = host.vm.reboot()
     for guest in guests:
@@ -405,21 +416,3 @@ def test_a_networkmanager_bridge_keeps_its_lease_and_kvmhooks_guests(vm_host, cl
     wait_for(lambda: "master br-nm" in host.check(f"ip -o link show {NIC}"), 30,
              what=f"NetworkManager's port profile putting {NIC} back on br-nm")
     host_as_it_was()
-
-
-def test_a_networkmanager_static_nic_is_enslaved_and_stays_on_its_bridge(vm_host, cleanup):
-    """NetworkManager's static profile on the NIC: its noprefixroute address, its own
-    prefix route and the default route through the LAN move to the bridge kvmhooks
-    makes (in an order the kernel takes), and NetworkManager, restarted, puts nothing
-    back on the port."""
-    host = vm_host
-    static = networkmanager_static_nic(host, cleanup)
-    configure_bridged(host, cleanup, NIC)
-    iface, guest = guest_on_bridge(host, cleanup, 20)
-
-    def on_the_bridge() -> None:
-        holds_the_hosts_address(host, static)
-        assert nm_state(host, iface.hook_owned_dev) == "10 (unmanaged)"
-        assert host.sh(f"ping -c 1 -W 2 {host.lan.host}").returncode == 0
-
-    through_a_networkmanager_restart(host, [guest], on_the_bridge)

@@ -10,6 +10,7 @@ import shlex
 
 import pytest
 
+from tests.lab.cleanup import Cleanup
 from tests.lab.domains import Iface
 from tests.lab.guest import ping_line
 from tests.lab.names import guest_mac
@@ -60,17 +61,20 @@ def port_vlans(host, port: str) -> list[int]:
     return sorted(entry["vlan"] for item in shown for entry in item.get("vlans", []))
 
 
-@pytest.fixture
-def vlan_lan(vm_host, cleanup):
+@pytest.fixture(scope="module")
+def vlan_lan(vm_host):
+    """The switch, its VLAN hosts and the config, for the module's tests (each leaves
+    them as it found them); removed with the bridge and sub-interface kvmhooks made."""
     host = vm_host
-    cleanup.add(host.sh, "; ".join([f"ip netns del {ns}" for ns in LAN_NS]
-                                   + [f"ip link del {link}" for link in
-                                      (NIC, DIRECT_NIC, BRIDGE, f"{DIRECT_NIC}.10")]),
-                _what="remove the VLAN LAN")
-    host.check(LAN_SCRIPT)
-    host.configure(f'[uplink.vl]\nnic = "{NIC}"\nbridge = "{BRIDGE}"\n\n'
-                   f'[uplink.vd]\nnic = "{DIRECT_NIC}"\n')
-    return host
+    with Cleanup() as module:
+        module.add(host.sh, "; ".join([f"ip netns del {ns}" for ns in LAN_NS]
+                                      + [f"ip link del {link}" for link in
+                                         (NIC, DIRECT_NIC, BRIDGE, f"{DIRECT_NIC}.10")]),
+                   _what="remove the VLAN LAN")
+        host.check(LAN_SCRIPT)
+        host.configure(f'[uplink.vl]\nnic = "{NIC}"\nbridge = "{BRIDGE}"\n\n'
+                       f'[uplink.vd]\nnic = "{DIRECT_NIC}"\n')
+        yield host
 
 
 def start(host, cleanup, iface: Iface, address: str, pings: list[str],
