@@ -16,6 +16,7 @@ from pyroute2 import netns
 
 from tests.lab.cleanup import Cleanup
 from tests.lab.lock import take_lab_lock
+from tests.lab.names import Subnet
 
 from .fleet import PlayRun, run_playbook, write_inventory
 from .host import KvmhooksHost, build_wheel
@@ -45,8 +46,8 @@ def pytest_runtest_makereport(item, call):
         return
     funcargs = getattr(item, "funcargs", {})
     hosts = {}
-    if "vm_host" in funcargs:
-        hosts["host VM"] = funcargs["vm_host"]
+    if "vm_lab" in funcargs:
+        hosts["host VM"] = funcargs["vm_lab"].host
     if "two_hosts" in funcargs:
         hosts["second host VM"] = funcargs["two_hosts"].b
     for what, host in hosts.items():
@@ -58,8 +59,23 @@ def wheel(tmp_path_factory) -> Path:
     return build_wheel(tmp_path_factory.mktemp("wheel"))
 
 
+@dataclass(frozen=True)
+class VmLab:
+    """What a vm session runs: host a (the session's host VM) on the LAN and, when a
+    selected test needs two hosts, host b, booted beside host a from the start (a TCG VM
+    runs on one core, and this machine has two) on the LAN and the migration link."""
+
+    host: KvmhooksHost
+    second: HostVM | None
+    migration_link: Subnet | None
+
+
+def needs_two_hosts(session: pytest.Session) -> bool:
+    return any("two_hosts" in item.fixturenames for item in session.items)
+
+
 @pytest.fixture(scope="session")
-def vm_host(wheel):
+def vm_lab(wheel, request) -> VmLab:
     if os.geteuid() != 0:
         pytest.fail("the vm tier runs as root (network namespaces, taps)", pytrace=False)
     session = Cleanup()
@@ -72,10 +88,20 @@ def vm_host(wheel):
             print(f"removed what an interrupted vm session left: {removed}")
         lan = Lan(session)
         vm = HostVM(session, lan, [VmNic("uplink"), VmNic("static")])
+        second = link = None
+        if needs_two_hosts(request.session):
+            link = lan.add_segment(MIGRATION_LINK)
+            second = HostVM(session, lan, [VmNic("b-migration", segment=MIGRATION_LINK),
+                                           VmNic("b-uplink")], memory_mib=1536)
+            second.start()
         MEASURED["boot to multi-user"] = vm.boot()
         host = KvmhooksHost(vm, lan)
+        host.warm_qemu_capabilities(vm.image.qemu_capabilities)
         host.install(wheel)
-        yield host
+        if second is not None:
+            MEASURED["second host: boot to multi-user, beside host a's boot and install"] = \
+                second.wait_booted()
+        yield VmLab(host, second, link)
     finally:
         errors = session.run()
     left = []
@@ -84,6 +110,11 @@ def vm_host(wheel):
         left += [str(p) for p in WORK_DIR.glob(f"{lan.ns}-*")] if WORK_DIR.exists() else []
     if errors or left:
         pytest.fail(f"the vm session's cleanup failed ({errors}) or left {left}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def vm_host(vm_lab) -> KvmhooksHost:
+    return vm_lab.host
 
 
 @dataclass(frozen=True)
@@ -103,22 +134,25 @@ class TwoHosts:
 
 
 @pytest.fixture(scope="module")
-def two_hosts(vm_host, wheel, tmp_path_factory) -> TwoHosts:
-    """A second host VM (1 vCPU, 1.5 GiB) beside the session's, nothing of kvmhooks on it
-    until the role installs it; both accept live migrations over TCP on the link. Host a
-    keeps its new hostname, the role's install and libvirt's TCP listener: the module that
-    follows (test_vlans) configures kvmhooks its own way and needs none of them undone."""
+def two_hosts(vm_lab, wheel, tmp_path_factory) -> TwoHosts:
+    """Host b (1 vCPU, 1.5 GiB, booted with the session) beside the session's host a,
+    nothing of kvmhooks on b until the role installs it; both accept live migrations over
+    TCP on the link. Host b stops with the module. Host a keeps its new hostname, the
+    role's install and libvirt's TCP listener: the module that follows (test_vlans)
+    configures kvmhooks its own way and needs none of them undone."""
     module = Cleanup()
     try:
-        lan, a = vm_host.lan, vm_host
-        link = lan.add_segment(MIGRATION_LINK)
+        a, link = vm_lab.host, vm_lab.migration_link
         a_link = VmNic("a-migration", segment=MIGRATION_LINK)
         a.vm.add_nic(a_link)
         module.add(a.vm.unplug, a_link.id, _what="unplug host a's migration NIC")
-        b_link, b_uplink = VmNic("b-migration", segment=MIGRATION_LINK), VmNic("b-uplink")
-        vm = HostVM(module, lan, [b_link, b_uplink], memory_mib=1536)
-        MEASURED["second host: boot to multi-user"] = vm.boot()
-        b = KvmhooksHost(vm, lan)
+        module.add(vm_lab.second.stop, _what="stop host b")
+        b = KvmhooksHost(vm_lab.second, a.lan)
+        b_link, b_uplink = b.vm.nics["b-migration"], b.vm.nics["b-uplink"]
+        # Both hosts boot the same image: the capabilities host a's libvirt probed hold
+        # for host b's.
+        a.save_qemu_capabilities(a.vm.image.qemu_capabilities)
+        b.warm_qemu_capabilities(b.vm.image.qemu_capabilities)
         work = tmp_path_factory.mktemp("fleet")
         key = work / "id_ed25519"
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)],
@@ -143,7 +177,7 @@ def two_hosts(vm_host, wheel, tmp_path_factory) -> TwoHosts:
                                        "-o UserKnownHostsFile=/dev/null",
             "ansible_python_interpreter": "/usr/bin/python3", "kvmhooks_wheel": str(wheel)})
         started = time.monotonic()
-        first_run = run_playbook(lan.ns, inventory, "site.yml")
+        first_run = run_playbook(a.lan.ns, inventory, "site.yml")
         MEASURED["the Ansible role's first run on both hosts"] = time.monotonic() - started
         if first_run.returncode != 0:
             pytest.fail(f"the Ansible role failed on the hosts:\n{first_run.output}",

@@ -30,6 +30,9 @@ from .qemu import Completed
 
 PROJECT = Path(__file__).resolve().parents[2]
 CONFIG = "/etc/kvmhooks/kvmhooks.toml"
+#: libvirt's cache of what each QEMU binary can do: a daemon that finds none probes QEMU,
+#: which takes about 12 s under TCG, at the first guest start of every fresh VM.
+QEMU_CAPABILITIES = "/var/cache/libvirt/qemu/capabilities"
 
 
 def build_wheel(into: Path) -> Path:
@@ -105,6 +108,30 @@ class KvmhooksHost:
                    f"--root-user-action=ignore {target} && kvmhooks install && "
                    "systemctl daemon-reload && systemctl enable --now kvmhooks-agent.socket && "
                    "udevadm control --reload", timeout=300)
+
+    def warm_qemu_capabilities(self, saved: Path) -> None:
+        """libvirt's cache of QEMU's capabilities as a VM of the same image wrote it
+        (``saved``/*.xml), given before the daemon first starts. libvirt checks a cached
+        entry against the QEMU and libvirt binaries, the kernel, the CPU and /dev/kvm, and
+        probes again when one differs."""
+        files = sorted(saved.glob("*.xml")) if saved.is_dir() else []
+        if files:
+            self.check(f"mkdir -p {QEMU_CAPABILITIES}")
+        for file in files:
+            self.vm.agent.write_file(f"{QEMU_CAPABILITIES}/{file.name}", file.read_bytes(),
+                                     0o600)
+
+    def save_qemu_capabilities(self, into: Path) -> None:
+        """Keep the cache libvirt wrote here in ``into`` for the next VMs, unless a cache
+        is kept there already."""
+        if into.is_dir() and any(into.glob("*.xml")):
+            return
+        names = self.check(f"cd {QEMU_CAPABILITIES} 2>/dev/null && ls -- *.xml || true").split()
+        into.mkdir(exist_ok=True)
+        for name in names:
+            partial = into / f".{name}"
+            partial.write_text(self.check(f"cat {QEMU_CAPABILITIES}/{name}"))
+            partial.rename(into / name)
 
     def accept_migrations(self, hostname: str, uuid_digit: str) -> None:
         """libvirt listening on TCP without authentication (the link is the test's own),

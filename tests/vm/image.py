@@ -4,9 +4,9 @@ systemd as PID 1 with udev and dbus under it, NetworkManager owning the NICs, li
 socket-activated (``libvirtd.socket`` and friends enabled, ``libvirtd.service`` not: the
 daemon starts on the first connection and exits when idle, as EL's modular daemons do),
 qemu for nested guests, python3 with kvmhooks' dependencies from Debian's packages,
-qemu-guest-agent as the command channel, sshd and python3-apt for Ansible (root logs in
-with a key the tests install), and the Debian cloud kernel. The lab's tiny
-guest (tests/lab/guest.py) is copied in, so tests boot nested guests inside.
+qemu-guest-agent as the command channel, sshd and python3-apt for Ansible (the tests
+that need sshd start it and let root in with a key), and the Debian cloud kernel. The lab's
+tiny guest (tests/lab/guest.py) is copied in, so tests boot nested guests inside.
 
 Built once per machine with mmdebstrap and cached under /var/cache/kvmhooks-vm/<key>/,
 the key hashing everything below and the lab guest's image. ``python -m tests.vm.image``
@@ -61,6 +61,8 @@ systemctl enable libvirt-guests.service
 sed -i 's/^#\?ON_SHUTDOWN=.*/ON_SHUTDOWN=suspend/; s/^#\?ON_BOOT=.*/ON_BOOT=start/' \
     /etc/default/libvirt-guests
 systemctl enable NetworkManager.service
+# sshd (about 4 s of each boot under TCG) runs once a test hands root a key and starts it.
+systemctl disable ssh.service
 # The second NIC (root port 2) is a host's statically run NIC: NetworkManager leaves it.
 printf '[keyfile]\nunmanaged-devices=interface-name:enp2s0\n' \
     >/etc/NetworkManager/conf.d/90-kvmhooks-vm.conf
@@ -87,6 +89,12 @@ class HostImage:
     disk: Path  # raw ext4 filesystem of the whole root (the VM's /dev/vda)
     kernel: Path
     initrd: Path
+
+    @property
+    def qemu_capabilities(self) -> Path:
+        """Where the cache of QEMU's capabilities that libvirt wrote in a VM of this image
+        is kept for the next VMs (KvmhooksHost.warm_qemu_capabilities)."""
+        return self.disk.parent / "qemu-capabilities"
 
 
 def image_key() -> str:

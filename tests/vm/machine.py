@@ -138,6 +138,7 @@ class HostVM:
         self.agent = GuestAgent(str(self.dir / "qga.sock"))
         self.process: subprocess.Popen | None = None
         self.qmp: Qmp | None = None
+        self.started = 0.0  # time.monotonic() of the last start()
 
     def _port(self, nic: VmNic) -> str:
         return f"rp{list(self.nics).index(nic.id) + 1}"
@@ -176,13 +177,18 @@ class HostVM:
         return args
 
     def boot(self, timeout: float = 180.0) -> float:
-        """Start QEMU and wait for the guest agent; returns the seconds it took."""
-        started = time.monotonic()
+        """Start QEMU and wait until systemd has booted; returns the seconds it took."""
+        self.start()
+        return self.wait_booted(timeout)
+
+    def start(self) -> None:
+        """Start QEMU, its NICs on their segments; the system boots on meanwhile."""
+        self.started = time.monotonic()
         self.process = subprocess.Popen(["ip", "netns", "exec", self.lan.ns, *self.command()],
                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                         stderr=open(self.dir / "qemu.err", "wb"),
                                         start_new_session=True)
-        self.cleanup.add(self._kill, _what="stop the host VM")
+        self.cleanup.add(self.stop, _what="stop the host VM")
         qmp_path = self.dir / "qmp.sock"
         wait_for(lambda: qmp_path.exists() or self.process.poll() is not None, 30,
                  what="QEMU's QMP socket")
@@ -191,8 +197,11 @@ class HostVM:
         self.qmp = Qmp(str(qmp_path))
         for nic in self.nics.values():
             self.lan.attach(self._tap(nic), nic.segment)
+
+    def wait_booted(self, timeout: float = 180.0) -> float:
+        """Wait until systemd has booted what start() started; the seconds since then."""
         self.wait_system_up(timeout)
-        return time.monotonic() - started
+        return time.monotonic() - self.started
 
     def wait_system_up(self, timeout: float) -> None:
         """Until systemd says the boot is done (running, or degraded). Asked afresh each
@@ -208,7 +217,8 @@ class HostVM:
 
         wait_for(booted, timeout, interval=1, what="systemd to finish booting the VM")
 
-    def _kill(self) -> None:
+    def stop(self) -> None:
+        """Kill QEMU (the overlay stays until the cleanup removes it)."""
         if self.qmp is not None:
             self.qmp.close()
             self.qmp = None
