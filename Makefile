@@ -30,9 +30,10 @@ test-el10:
 test-current: setup
 	$(VENV_PY) -m pytest
 
-# The systemd host VM (tests/vm): builds or reuses its image, boots it under TCG.
+# The systemd host VM (tests/vm): builds or reuses its image, boots it under TCG; two
+# lanes side by side, at most two VMs at a time (tests/vm/lanes.py).
 vmtest: setup
-	$(VENV_PY) -m pytest tests/vm
+	$(VENV_PY) -m tests.vm.lanes
 
 demo: setup
 	$(VENV_PY) -m demo

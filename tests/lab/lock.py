@@ -15,8 +15,9 @@ LAB_LOCK = Path("/run/lock/kvmhooks-system-tests.lock")
 
 
 def take_lab_lock(cleanup: Cleanup, on_wait: Callable[[Path], object] | None = None,
-                  timeout: float | None = None) -> None:
-    """Hold the lab lock until ``cleanup`` runs.
+                  timeout: float | None = None, shared: bool = False) -> None:
+    """Hold the lab lock until ``cleanup`` runs; ``shared`` beside other shared holders
+    (the vm tier's sessions, whose VMs touch nothing of this machine's lab).
 
     When another holds it, calls ``on_wait(LAB_LOCK)`` once (to say so) and waits:
     for ever, or ``timeout`` seconds, then raises TimeoutError."""
@@ -25,9 +26,10 @@ def take_lab_lock(cleanup: Cleanup, on_wait: Callable[[Path], object] | None = N
     cleanup.add(os.close, lock, _what="release the lab lock")
     deadline = None if timeout is None else time.monotonic() + timeout
     told = False
+    mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
     while True:
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(lock, mode | fcntl.LOCK_NB)
             return
         except BlockingIOError:
             pass
@@ -35,7 +37,7 @@ def take_lab_lock(cleanup: Cleanup, on_wait: Callable[[Path], object] | None = N
             on_wait(LAB_LOCK)
         told = True
         if deadline is None:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+            fcntl.flock(lock, mode)
             return
         if time.monotonic() > deadline:
             raise TimeoutError(f"another system test run holds {LAB_LOCK}")

@@ -5,6 +5,7 @@ taps and namespace, also on failure. What the tier measured is printed at the en
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import time
@@ -21,6 +22,7 @@ from tests.lab.names import Subnet
 from .fleet import PlayRun, run_playbook, write_inventory
 from .host import KvmhooksHost, build_wheel
 from .image import MANAGED_NIC, STATIC_NIC
+from .lanes import SECOND_HOST_GATE_ENV, WHEEL_ENV
 from .machine import WORK_DIR, HostVM, Lan, VmNic, purge_stale_runs
 
 #: The bridge in the LAN's namespace that links the hosts for migrations and SSH.
@@ -56,18 +58,46 @@ def pytest_runtest_makereport(item, call):
 
 @pytest.fixture(scope="session")
 def wheel(tmp_path_factory) -> Path:
+    if os.environ.get(WHEEL_ENV):  # `make vmtest` built it for both its lanes
+        return Path(os.environ[WHEEL_ENV])
     return build_wheel(tmp_path_factory.mktemp("wheel"))
 
 
 @dataclass(frozen=True)
 class VmLab:
     """What a vm session runs: host a (the session's host VM) on the LAN and, when a
-    selected test needs two hosts, host b, booted beside host a from the start (a TCG VM
-    runs on one core, and this machine has two) on the LAN and the migration link."""
+    selected test needs two hosts, host b on the LAN and the migration link. A TCG VM
+    keeps one core busy and this machine has two: host b boots beside host a from the
+    start, or, with ``second_gate`` (`make vmtest`'s main lane), once the lane beside
+    this session has ended."""
 
     host: KvmhooksHost
     second: HostVM | None
     migration_link: Subnet | None
+    second_gate: Path | None = None
+
+    def boot_second_host_when_free(self, wait: bool = False) -> None:
+        """Start host b's boot, once, if its gate is free (``wait``: when it is)."""
+        if self.second is None or self.second.process is not None:
+            return
+        if self.second_gate is not None and not _free(self.second_gate, wait):
+            return
+        self.second.start()
+
+
+def _free(gate: Path, wait: bool) -> bool:
+    """Whether no process holds ``gate`` (waiting until none does, if ``wait``)."""
+    try:
+        lock = os.open(gate, os.O_RDONLY)
+    except FileNotFoundError:
+        return True
+    try:
+        fcntl.flock(lock, fcntl.LOCK_SH | (0 if wait else fcntl.LOCK_NB))
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(lock)
 
 
 def needs_two_hosts(session: pytest.Session) -> bool:
@@ -81,27 +111,27 @@ def vm_lab(wheel, request) -> VmLab:
     session = Cleanup()
     lan = None
     try:
-        # One lab user at a time: the system tiers' leak checks would count the VM's LAN
-        # namespace, and a TCG VM beside timed tests makes both slow.
-        take_lab_lock(session)
+        # Not beside the system tiers: their leak checks would count the VM's LAN
+        # namespace, and a TCG VM beside timed tests makes both slow. vm sessions share
+        # it: `make vmtest` runs two, each with a LAN and VMs of its own.
+        take_lab_lock(session, shared=True)
         for removed in purge_stale_runs():
             print(f"removed what an interrupted vm session left: {removed}")
         lan = Lan(session)
         vm = HostVM(session, lan, [VmNic("uplink"), VmNic("static")])
         second = link = None
+        gate = os.environ.get(SECOND_HOST_GATE_ENV)
         if needs_two_hosts(request.session):
             link = lan.add_segment(MIGRATION_LINK)
             second = HostVM(session, lan, [VmNic("b-migration", segment=MIGRATION_LINK),
                                            VmNic("b-uplink")], memory_mib=1536)
-            second.start()
+            if gate is None:
+                second.start()
         MEASURED["boot to multi-user"] = vm.boot()
         host = KvmhooksHost(vm, lan)
         host.warm_qemu_capabilities(vm.image.qemu_capabilities)
         host.install(wheel)
-        if second is not None:
-            MEASURED["second host: boot to multi-user, beside host a's boot and install"] = \
-                second.wait_booted()
-        yield VmLab(host, second, link)
+        yield VmLab(host, second, link, Path(gate) if gate else None)
     finally:
         errors = session.run()
     left = []
@@ -115,6 +145,12 @@ def vm_lab(wheel, request) -> VmLab:
 @pytest.fixture(scope="session")
 def vm_host(vm_lab) -> KvmhooksHost:
     return vm_lab.host
+
+
+@pytest.fixture(autouse=True)
+def second_host_boots_when_free(vm_lab) -> None:
+    """Between tests, host b's boot starts once its gate is free."""
+    vm_lab.boot_second_host_when_free()
 
 
 @dataclass(frozen=True)
@@ -135,19 +171,24 @@ class TwoHosts:
 
 @pytest.fixture(scope="module")
 def two_hosts(vm_lab, wheel, tmp_path_factory) -> TwoHosts:
-    """Host b (1 vCPU, 1.5 GiB, booted with the session) beside the session's host a,
-    nothing of kvmhooks on b until the role installs it; both accept live migrations over
-    TCP on the link. Host b stops with the module. Host a keeps its new hostname, the
-    role's install and libvirt's TCP listener: the module that follows (test_vlans)
-    configures kvmhooks its own way and needs none of them undone."""
+    """Host b (1 vCPU, 1.5 GiB, booted beside the session's host a: see VmLab), nothing
+    of kvmhooks on b until the role installs it; both accept live migrations over TCP on
+    the link. Host b stops with the module. Host a keeps its new hostname, the role's
+    install and libvirt's TCP listener: a module that follows (test_vlans, in a session
+    of all of tests/vm) configures kvmhooks its own way and needs none of them undone."""
     module = Cleanup()
     try:
         a, link = vm_lab.host, vm_lab.migration_link
+        vm_lab.boot_second_host_when_free(wait=True)
+        vm_lab.second.wait_booted()
         a_link = VmNic("a-migration", segment=MIGRATION_LINK)
         a.vm.add_nic(a_link)
         module.add(a.vm.unplug, a_link.id, _what="unplug host a's migration NIC")
         module.add(vm_lab.second.stop, _what="stop host b")
         b = KvmhooksHost(vm_lab.second, a.lan)
+        # By b's clock: b may have booted long before this module.
+        MEASURED["second host: boot to multi-user, beside host a"] = int(
+            b.check("systemctl show -P FinishTimestampMonotonic")) / 1e6
         b_link, b_uplink = b.vm.nics["b-migration"], b.vm.nics["b-uplink"]
         # Both hosts boot the same image: the capabilities host a's libvirt probed hold
         # for host b's.

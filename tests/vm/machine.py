@@ -13,6 +13,7 @@ DHCP. Nothing of it is seen by this machine's own links, udev or routes.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
@@ -53,7 +54,9 @@ class Lan:
     def __init__(self, cleanup: Cleanup, subnet: Subnet | None = None) -> None:
         self.subnet = subnet or pick_subnet()
         # Not kt...: the system tiers' leak checks and purges leave the vm tier's LAN alone.
-        self.ns = create_netns(cleanup, unique_name(NETNS_PREFIX))
+        name = unique_name(NETNS_PREFIX)
+        _hold_while_alive(cleanup, name)
+        self.ns = create_netns(cleanup, name)
         self.host = self.subnet.ip(1)
         self._ip("link", "add", self.BRIDGE, "type", "bridge")
         self._ip("addr", "add", self.subnet.addr(1), "dev", self.BRIDGE)
@@ -285,33 +288,88 @@ class HostVM:
         return time.monotonic() - started
 
 
+def _alive_lock(ns: str) -> Path:
+    return WORK_DIR / f"{ns}.lock"
+
+
+def _hold_while_alive(cleanup: Cleanup, ns: str) -> None:
+    """Hold ``ns``'s lock until ``cleanup`` runs, taken before the namespace exists: a vm
+    session beside this one (`make vmtest` runs two) purges nothing of a LAN in use."""
+    WORK_DIR.mkdir(parents=True, exist_ok=True)
+    path = _alive_lock(ns)
+    while True:
+        lock = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if os.stat(path).st_ino == os.fstat(lock).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(lock)  # a purge took that file for a stale one's and removed it
+
+    def release() -> None:
+        path.unlink(missing_ok=True)
+        os.close(lock)
+
+    cleanup.add(release, _what=f"release {path}")
+
+
+def _lan_of(path: Path) -> str:
+    """The namespace whose session made ``path`` (named ``ns-...`` or ``ns.lock``)."""
+    return path.name.split("-", 1)[0].split(".", 1)[0]
+
+
 def purge_stale_runs() -> list[str]:
     """Remove what a vm session killed outright left (its QEMUs, LAN namespaces with their
-    dnsmasq, overlays, lease files); called with the lab lock held, so nothing of it is
-    in use. Returns what it removed."""
+    dnsmasq, overlays, lease files); what a running session holds the lock of is left
+    alone. Returns what it removed."""
     removed = []
+    claimed: dict[str, int] = {}  # stale LANs: their locks, held until their remains are gone
+
+    def stale(ns: str) -> bool:
+        if ns not in claimed:
+            lock = os.open(_alive_lock(ns), os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(lock)
+                return False
+            claimed[ns] = lock
+        return True
+
     def pids_in(ns: str) -> list[str]:
         return subprocess.run(["ip", "netns", "pids", ns], capture_output=True,
                               text=True).stdout.split()
 
-    for ns in sorted(n for n in netns.listnetns() if n.startswith(NETNS_PREFIX)):
-        pids = pids_in(ns)
-        for pid in pids:  # QEMU and dnsmasq run in the namespace
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        wait_for(lambda ns=ns: not pids_in(ns), 30, what=f"the processes of namespace {ns} gone")
-        remove_netns(ns)
-        removed.append(f"netns {ns} ({len(pids)} processes)")
-    stale = list(WORK_DIR.glob(f"{NETNS_PREFIX}*")) if WORK_DIR.exists() else []
-    stale += Path(tempfile.gettempdir()).glob(f"{NETNS_PREFIX}*")
-    for path in sorted(stale):
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
-        removed.append(str(path))
+    WORK_DIR.mkdir(parents=True, exist_ok=True)
+    try:
+        for ns in sorted(n for n in netns.listnetns() if n.startswith(NETNS_PREFIX)):
+            if not stale(ns):
+                continue
+            pids = pids_in(ns)
+            for pid in pids:  # QEMU and dnsmasq run in the namespace
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            wait_for(lambda ns=ns: not pids_in(ns), 30,
+                     what=f"the processes of namespace {ns} gone")
+            remove_netns(ns)
+            removed.append(f"netns {ns} ({len(pids)} processes)")
+        remains = list(WORK_DIR.glob(f"{NETNS_PREFIX}*"))
+        remains += Path(tempfile.gettempdir()).glob(f"{NETNS_PREFIX}*")
+        for path in sorted(remains):
+            if not stale(_lan_of(path)) or path.suffix == ".lock":
+                continue  # in use; or a stale lock, removed below
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed.append(str(path))
+    finally:
+        for ns, lock in claimed.items():
+            _alive_lock(ns).unlink(missing_ok=True)
+            os.close(lock)
     return removed
 
 
