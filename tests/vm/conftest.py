@@ -174,8 +174,8 @@ def two_hosts(vm_lab, wheel, tmp_path_factory) -> TwoHosts:
     """Host b (1 vCPU, 1.5 GiB, booted beside the session's host a: see VmLab), nothing
     of kvmhooks on b until the role installs it; both accept live migrations over TCP on
     the link. Host b stops with the module. Host a keeps its new hostname, the role's
-    install and libvirt's TCP listener: a module that follows (test_vlans, in a session
-    of all of tests/vm) configures kvmhooks its own way and needs none of them undone."""
+    install and libvirt's TCP listener: the modules that follow in a session of all of
+    tests/vm configure kvmhooks their own way and need none of them undone."""
     module = Cleanup()
     try:
         a, link = vm_lab.host, vm_lab.migration_link
