@@ -13,7 +13,6 @@ import time
 import pytest
 
 from tests.lab.domains import Iface, serial_log_path
-from tests.lab.guest import ping_line
 from tests.lab.names import guest_mac
 
 from .conftest import MEASURED
@@ -22,8 +21,7 @@ from .image import MANAGED_NIC, STATIC_NIC
 pytestmark = pytest.mark.vm
 
 A_NIC, B_NIC = MANAGED_NIC, STATIC_NIC
-_PING_TIME = re.compile(r"^KH t=([0-9.]+) ")
-MAX_PING_GAP = 2.0
+_PING = re.compile(r"^KH t=([0-9.]+) ping (\S+) (ok|fail)$")
 CONFIG_TASK = "Write the host config, checked by kvmhooks check-config first"
 
 
@@ -31,12 +29,12 @@ def uplink_lan(nic: str) -> str:
     return f'[uplink.lan]\nnic = "{nic}"\n'
 
 
-def ping_times(host, name: str, target: str) -> list[float]:
-    """The guest's uptimes at each successful ping of ``target`` in its serial log on
-    ``host`` (the guest's clock goes on across the migration)."""
-    pattern = re.compile(ping_line(target))
+def pings(host, name: str, target: str) -> list[tuple[float, bool]]:
+    """The guest's pings of ``target`` in its serial log on ``host``: its uptime at each
+    (the guest's clock goes on across the migration) and whether it was answered."""
     lines = host.check(f"cat {serial_log_path(name)} 2>/dev/null || true").splitlines()
-    return [float(_PING_TIME.match(line).group(1)) for line in lines if pattern.search(line)]
+    return [(float(seen[1]), seen[3] == "ok") for seen in map(_PING.match, lines)
+            if seen and seen[2] == target]
 
 
 def preflight(source, destination, name: str):
@@ -71,8 +69,10 @@ def pinging_guest(two_hosts, cleanup, iface: Iface, last_octet: int):
 
 
 def migrated_live(two_hosts, guest, what: str) -> None:
-    """Migrate ``guest`` from a to b; it runs on b, is defined there only, and the
-    longest time between two of its LAN pings across the move stays under 2 s."""
+    """Migrate ``guest`` from a to b; it runs on b, is defined there only, and loses at
+    most one LAN ping across the move: the one in flight when it paused on a, whose answer
+    went to a (every later ping leaves through b's device, which was there before the
+    guest resumed). A count, not a time: a slow machine stretches the guest's ping loop."""
     a, b = two_hosts.a, two_hosts.b
     started = time.monotonic()
     migrated = migrate(a, b, guest.name)
@@ -81,14 +81,20 @@ def migrated_live(two_hosts, guest, what: str) -> None:
     assert domstate(b, guest.name) == "running"
     assert a.sh(f"virsh dominfo {guest.name}").returncode != 0, "still defined on host a"
     assert "Persistent:     yes" in b.check(f"virsh dominfo {guest.name}")
-    before = ping_times(a, guest.name, a.lan.host)
+    target = a.lan.host
+    on_a = pings(a, guest.name, target)
     deadline = time.monotonic() + 30
-    while len(ping_times(b, guest.name, a.lan.host)) < 3:
+    while sum(ok for _, ok in pings(b, guest.name, target)) < 3:
         assert time.monotonic() < deadline, "the guest pings no more after the migration"
         time.sleep(1)
-    gap = ping_times(b, guest.name, a.lan.host)[0] - before[-1]
+    on_b = pings(b, guest.name, target)
+    last_on_a = max(i for i, (_, ok) in enumerate(on_a) if ok)
+    first_on_b = min(i for i, (_, ok) in enumerate(on_b) if ok)
+    lost = on_a[last_on_a + 1:] + on_b[:first_on_b]
+    gap = on_b[first_on_b][0] - on_a[last_on_a][0]
     MEASURED[f"live migration, {what}: longest time between two LAN pings"] = gap
-    assert gap < MAX_PING_GAP, f"{gap:.2f} s between the last ping on a and the first on b"
+    assert len(lost) <= 1, (f"{len(lost)} pings lost across the migration, {gap:.2f} s "
+                            f"between the last answered on a and the first on b")
 
 
 def in_line_on(host, name: str, mac: str) -> None:
