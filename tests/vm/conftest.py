@@ -41,7 +41,8 @@ def pytest_terminal_summary(terminalreporter):
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
-    """A failed vm test's report carries what each host VM's machine and console said."""
+    """A failed vm test's report carries what each host VM's machine and console said,
+    and the LAN's DHCP server."""
     outcome = yield
     report = outcome.get_result()
     if not report.failed:
@@ -54,6 +55,9 @@ def pytest_runtest_makereport(item, call):
         hosts["second host VM"] = funcargs["two_hosts"].b
     for what, host in hosts.items():
         report.sections.append((f"{what} ({report.when})", host.vm.diagnosis()))
+    if "vm_lab" in funcargs:
+        report.sections.append((f"the LAN ({report.when})",
+                                funcargs["vm_lab"].host.lan.diagnosis()))
 
 
 @pytest.fixture(scope="session")

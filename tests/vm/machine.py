@@ -65,7 +65,7 @@ class Lan:
         cleanup.add(self.leases.unlink, missing_ok=True, _what="remove the lease file")
         self.dhcp_log = Path(tempfile.mkstemp(prefix=f"{self.ns}-", suffix=".log")[1])
         cleanup.add(self.dhcp_log.unlink, missing_ok=True, _what="remove dnsmasq's log")
-        dnsmasq = subprocess.Popen(
+        self.dhcp_server = subprocess.Popen(
             ["ip", "netns", "exec", self.ns, "dnsmasq", "--keep-in-foreground",
              "--no-resolv", "--no-hosts", "--port=0", f"--interface={self.BRIDGE}",
              "--bind-interfaces", f"--dhcp-leasefile={self.leases}",
@@ -74,7 +74,7 @@ class Lan:
              f"--dhcp-option=option:T1,{DHCP_RENEWAL}", "--log-dhcp",
              f"--log-facility={self.dhcp_log}"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        cleanup.add(_stop, dnsmasq, _what="stop the LAN's dnsmasq")
+        cleanup.add(_stop, self.dhcp_server, _what="stop the LAN's dnsmasq")
 
     def _ip(self, *args: str) -> None:
         subprocess.run(["ip", "-n", self.ns, *args], check=True)
@@ -84,6 +84,13 @@ class Lan:
         ip = address.split("/")[0]
         return sum(1 for line in self.dhcp_log.read_text().splitlines()
                    if re.search(rf"DHCPACK\(\S+\) {re.escape(ip)} ", line))
+
+    def diagnosis(self, lines: int = 30) -> str:
+        """For a failed test: whether the DHCP server runs, and what it last said."""
+        status = self.dhcp_server.poll()
+        state = "running" if status is None else f"exited with status {status}"
+        said = self.dhcp_log.read_text(errors="replace").splitlines()[-lines:]
+        return "\n".join([f"dnsmasq {state}; its log's last lines:", *said])
 
     def add_segment(self, bridge: str) -> Subnet:
         """A second link in the namespace (a bridge ``bridge``, no DHCP), such as the
