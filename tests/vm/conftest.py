@@ -48,16 +48,14 @@ def pytest_runtest_makereport(item, call):
     if not report.failed:
         return
     funcargs = getattr(item, "funcargs", {})
-    hosts = {}
+    diagnoses = {}
     if "vm_lab" in funcargs:
-        hosts["host VM"] = funcargs["vm_lab"].host
+        host = funcargs["vm_lab"].host
+        diagnoses["host VM"], diagnoses["the LAN"] = host.vm.diagnosis, host.lan.diagnosis
     if "two_hosts" in funcargs:
-        hosts["second host VM"] = funcargs["two_hosts"].b
-    for what, host in hosts.items():
-        report.sections.append((f"{what} ({report.when})", host.vm.diagnosis()))
-    if "vm_lab" in funcargs:
-        report.sections.append((f"the LAN ({report.when})",
-                                funcargs["vm_lab"].host.lan.diagnosis()))
+        diagnoses["second host VM"] = funcargs["two_hosts"].b.vm.diagnosis
+    for what, diagnosis in diagnoses.items():
+        report.sections.append((f"{what} ({report.when})", diagnosis()))
 
 
 @pytest.fixture(scope="session")
