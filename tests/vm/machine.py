@@ -65,16 +65,26 @@ class Lan:
         cleanup.add(self.leases.unlink, missing_ok=True, _what="remove the lease file")
         self.dhcp_log = Path(tempfile.mkstemp(prefix=f"{self.ns}-", suffix=".log")[1])
         cleanup.add(self.dhcp_log.unlink, missing_ok=True, _what="remove dnsmasq's log")
-        self.dhcp_server = subprocess.Popen(
-            ["ip", "netns", "exec", self.ns, "dnsmasq", "--keep-in-foreground",
-             "--no-resolv", "--no-hosts", "--port=0", f"--interface={self.BRIDGE}",
-             "--bind-interfaces", f"--dhcp-leasefile={self.leases}",
-             f"--dhcp-range={self.subnet.ip(100)},{self.subnet.ip(199)},{DHCP_LEASE}",
-             f"--dhcp-option=option:router,{self.host}",
-             f"--dhcp-option=option:T1,{DHCP_RENEWAL}", "--log-dhcp",
-             f"--log-facility={self.dhcp_log}"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # No pid file: the default one, /var/run/dnsmasq.pid, is shared by the two lanes'
+        # servers, and the one that loses the race to create it exits with status 3.
+        # Errors before its log is open go to the same file.
+        with self.dhcp_log.open("a") as early_errors:
+            self.dhcp_server = subprocess.Popen(
+                ["ip", "netns", "exec", self.ns, "dnsmasq", "--keep-in-foreground",
+                 "--pid-file=", "--no-resolv", "--no-hosts", "--port=0",
+                 f"--interface={self.BRIDGE}", "--bind-interfaces",
+                 f"--dhcp-leasefile={self.leases}",
+                 f"--dhcp-range={self.subnet.ip(100)},{self.subnet.ip(199)},{DHCP_LEASE}",
+                 f"--dhcp-option=option:router,{self.host}",
+                 f"--dhcp-option=option:T1,{DHCP_RENEWAL}", "--log-dhcp",
+                 f"--log-facility={self.dhcp_log}"],
+                stdout=subprocess.DEVNULL, stderr=early_errors)
         cleanup.add(_stop, self.dhcp_server, _what="stop the LAN's dnsmasq")
+        wait_for(lambda: self.dhcp_server.poll() is not None
+                 or "DHCP, IP range" in self.dhcp_log.read_text(errors="replace"),
+                 10, what="the LAN's DHCP server to start")
+        if self.dhcp_server.poll() is not None:
+            raise RuntimeError(f"the LAN's DHCP server did not start: {self.diagnosis()}")
 
     def _ip(self, *args: str) -> None:
         subprocess.run(["ip", "-n", self.ns, *args], check=True)
