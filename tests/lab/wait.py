@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 from typing import Callable, TypeVar
 
@@ -21,3 +22,15 @@ def wait_for(
         if time.monotonic() >= deadline:
             raise TimeoutError(f"timed out after {timeout}s waiting for {what or predicate!r}")
         time.sleep(interval)
+
+
+def wait_started(
+    process: subprocess.Popen, ready: Callable[[], object], timeout: float, what: str,
+    exited: Callable[[], str],
+) -> None:
+    """Until the just started ``process`` is ``ready()``; should it exit first, raises
+    RuntimeError with the message ``exited()`` makes (what the process left to say).
+    Raises TimeoutError (naming ``what``) after ``timeout`` seconds."""
+    wait_for(lambda: process.poll() is not None or ready(), timeout, what=what)
+    if process.poll() is not None:
+        raise RuntimeError(exited())

@@ -29,7 +29,7 @@ from pyroute2 import netns
 from tests.lab.cleanup import Cleanup
 from tests.lab.links import create_netns, remove_netns
 from tests.lab.names import Subnet, guest_mac, pick_subnet, unique_name
-from tests.lab.wait import wait_for
+from tests.lab.wait import wait_for, wait_started
 
 from .image import HostImage, ensure_image
 from .qemu import GuestAgent, Qmp, QmpError
@@ -80,11 +80,10 @@ class Lan:
                  f"--log-facility={self.dhcp_log}"],
                 stdout=subprocess.DEVNULL, stderr=early_errors)
         cleanup.add(_stop, self.dhcp_server, _what="stop the LAN's dnsmasq")
-        wait_for(lambda: self.dhcp_server.poll() is not None
-                 or "DHCP, IP range" in self.dhcp_log.read_text(errors="replace"),
-                 10, what="the LAN's DHCP server to start")
-        if self.dhcp_server.poll() is not None:
-            raise RuntimeError(f"the LAN's DHCP server did not start: {self.diagnosis()}")
+        wait_started(self.dhcp_server,
+                     lambda: "DHCP, IP range" in self.dhcp_log.read_text(errors="replace"),
+                     10, what="the LAN's DHCP server to start",
+                     exited=lambda: f"the LAN's DHCP server did not start: {self.diagnosis()}")
 
     def _ip(self, *args: str) -> None:
         subprocess.run(["ip", "-n", self.ns, *args], check=True)
@@ -210,10 +209,8 @@ class HostVM:
                                         start_new_session=True)
         self.cleanup.add(self.stop, _what="stop the host VM")
         qmp_path = self.dir / "qmp.sock"
-        wait_for(lambda: qmp_path.exists() or self.process.poll() is not None, 30,
-                 what="QEMU's QMP socket")
-        if self.process.poll() is not None:
-            raise RuntimeError(f"QEMU exited: {(self.dir / 'qemu.err').read_text()}")
+        wait_started(self.process, qmp_path.exists, 30, what="QEMU's QMP socket",
+                     exited=lambda: f"QEMU exited: {(self.dir / 'qemu.err').read_text()}")
         self.qmp = Qmp(str(qmp_path))
         for nic in self.nics.values():
             self.lan.attach(self._tap(nic), nic.segment)
